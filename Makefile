@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  make train   |   make test
+# (Both create .venv on first use and install the project with: pip install -e ".[dev]")
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install train test test-fast lint clean help
+
+help:
+	@echo "make train [ARGS='overrides']  set up .venv (first time) and run python train.py"
+	@echo "make test                      run the whole test suite (what CI runs)"
+	@echo "make test-fast                 skip tests marked slow"
+	@echo "make lint                      ruff"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+train: install
+	$(BIN)/python train.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests experiments
+
+clean:
+	rm -rf outputs .pytest_cache

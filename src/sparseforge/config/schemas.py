@@ -1,0 +1,158 @@
+"""Typed schemas for the config groups users edit most.
+
+Each YAML option of these groups extends its schema (``defaults: [/schema/<group>/<name>@_here_]``),
+so Hydra rejects a wrong type (``optimizer.lr=abc``) or an unknown key (``+optimizer.lrr=1``)
+while composing, before any work starts, and names the key. Enums name the allowed values.
+Range checks that types cannot express live in ``validate.py``.
+
+This module must stay import-light (no torch): it runs on every ``python train.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+# -- optimizers (partials completed with the model's parameters) ----------------------------------
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class AdadeltaConfig:
+    _target_: str = "torch.optim.Adadelta"
+    _partial_: bool = True
+    lr: float = 1.0
+    rho: float = 0.9
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+
+
+# -- learning-rate schedulers --------------------------------------------------------------------
+@dataclass
+class CosineLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    _partial_: bool = True
+    T_max: int = 1
+    eta_min: float = 0.0
+
+
+@dataclass
+class MultiStepLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
+    _partial_: bool = True
+    milestones: List[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+# -- data and scenario ---------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    _target_: str = "sparseforge.data.datamodule.ContinualDataModule"
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    pin_memory: bool = False
+    drop_last: bool = False
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class IIDScenarioConfig:
+    _target_: str = "sparseforge.continual.scenarios.IID"
+    epochs_per_task: int = 1
+
+
+@dataclass
+class ClassILScenarioConfig:
+    _target_: str = "sparseforge.continual.scenarios.ClassIncremental"
+    n_tasks: int = 5
+    epochs_per_task: int = 1
+    class_order: Optional[Any] = None  # null | natural | random | [list of classes]
+    order_seed: Optional[int] = None
+    task_sizes: Optional[List[int]] = None
+
+
+@dataclass
+class TaskILScenarioConfig(ClassILScenarioConfig):
+    _target_: str = "sparseforge.continual.scenarios.TaskIncremental"
+
+
+@dataclass
+class TaskLoopConfig:
+    _target_: str = "sparseforge.lightning.continual_loop.ContinualLoop"
+    eval_batch_size: int = "${data.eval_batch_size}"  # type: ignore[assignment]
+    eval_limit_batches: Optional[int] = None
+    eval_every_n_epochs: Optional[int] = None
+    reset_optimizer_per_task: bool = True
+
+
+# -- trainer -------------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.pytorch.Trainer"
+    default_root_dir: str = "${paths.output_dir}"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: Optional[int] = None  # null: n_tasks x scenario.epochs_per_task
+    max_steps: int = -1
+    limit_train_batches: Optional[Any] = None
+    fast_dev_run: Any = False
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: str = "norm"
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    num_sanity_val_steps: int = 0
+    use_distributed_sampler: bool = True
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, name, node in [
+        ("optimizer", "sgd", SGDConfig),
+        ("optimizer", "adam", AdamConfig),
+        ("optimizer", "adamw", AdamWConfig),
+        ("optimizer", "adadelta", AdadeltaConfig),
+        ("lr_scheduler", "cosine", CosineLRConfig),
+        ("lr_scheduler", "multistep", MultiStepLRConfig),
+        ("data", "default", DataConfig),
+        ("scenario", "iid", IIDScenarioConfig),
+        ("scenario", "class_il", ClassILScenarioConfig),
+        ("scenario", "task_il", TaskILScenarioConfig),
+        ("task_loop", "default", TaskLoopConfig),
+        ("trainer", "default", TrainerConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node)

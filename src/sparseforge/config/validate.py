@@ -1,0 +1,21 @@
+"""Start-time checks that types alone cannot express. Each failure is one ConfigError line."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from sparseforge.errors import ConfigError
+
+
+def validate(cfg: DictConfig) -> None:
+    if not isinstance(cfg.get("seed"), int):
+        raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not isinstance(ckpt, str):
+        raise ConfigError("ckpt_path", f"must be null, 'auto' or a file path, got {ckpt!r}")
+    data = cfg.data
+    for key in ("batch_size", "eval_batch_size"):
+        if data[key] < 1:
+            raise ConfigError(f"data.{key}", f"must be >= 1, got {data[key]}")
+    if cfg.optimizer.get("lr", 1.0) <= 0:
+        raise ConfigError("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")

@@ -1,0 +1,52 @@
+"""Evaluate a model on the test data of several tasks, class-IL and task-IL at once.
+
+Plain PyTorch. Under ``torch.distributed`` every rank scores a disjoint shard and the counts are
+summed, so the result is exact (no padding duplicates as with DistributedSampler).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from sparseforge.continual.scenarios import Task
+from sparseforge.data.base import ImageTensors
+
+
+@torch.no_grad()
+def evaluate_tasks(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    test: ImageTensors,
+    tasks: Sequence[Task],
+    device: torch.device,
+    batch_size: int = 512,
+    limit_batches: int | None = None,
+) -> dict[str, list[float]]:
+    """Accuracy per task. ``score_fn`` maps a preprocessed batch to class scores (B x C).
+
+    class-IL: argmax over all classes. task-IL: argmax over the task's own classes.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    counts = torch.zeros(len(tasks), 3, dtype=torch.float64, device=device)  # correct_cil, correct_til, n
+    for k, task in enumerate(tasks):
+        index = task.test_index
+        if limit_batches is not None:
+            index = index[: limit_batches * batch_size]
+        index = index[rank::world]
+        classes = torch.tensor(task.classes, device=device)
+        for start in range(0, len(index), batch_size):
+            chunk = index[start : start + batch_size]
+            x = preprocess(test.x[chunk].to(device, non_blocking=True))
+            y = test.y[chunk].to(device)
+            scores = score_fn(x).float()
+            counts[k, 0] += (scores.argmax(1) == y).sum()
+            counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()
+            counts[k, 2] += len(chunk)
+    if distributed:
+        dist.all_reduce(counts)
+    n = counts[:, 2].clamp(min=1)
+    return {"class_il": (counts[:, 0] / n).tolist(), "task_il": (counts[:, 1] / n).tolist()}

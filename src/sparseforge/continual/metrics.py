@@ -1,0 +1,58 @@
+"""Continual-learning metrics over the accuracy matrix R.
+
+``R[t][j]`` is the accuracy on task ``j`` after training task ``t``; entries not evaluated are
+``None``. Definitions (as in Mammoth's ``utils/metrics.py`` and Chaudhry et al. 2018):
+
+- average accuracy: mean of the last row over the tasks seen so far;
+- forgetting: for each task but the last, the best accuracy it had *before* the final task
+  minus its final accuracy, averaged (the last task is excluded; cf. RaptorMai/online-continual-learning#23);
+- BWT: mean over tasks but the last of ``R[T-1][j] - R[j][j]``;
+- FWT: mean over tasks after the first of ``R[j-1][j] - b[j]``, with ``b`` the accuracy of the
+  model at initialisation; needs the optional evaluation of future tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+Matrix = Sequence[Sequence[float | None]]
+
+
+def _final_row(R: Matrix) -> tuple[int, Sequence[float | None]]:
+    rows = [i for i, row in enumerate(R) if any(v is not None for v in row)]
+    if not rows:
+        raise ValueError("the accuracy matrix has no evaluated row")
+    last = rows[-1]
+    return last, R[last]
+
+
+def average_accuracy(R: Matrix) -> float:
+    last, row = _final_row(R)
+    seen = [row[j] for j in range(last + 1) if row[j] is not None]
+    return sum(seen) / len(seen)
+
+
+def forgetting(R: Matrix) -> float | None:
+    last, row = _final_row(R)
+    values = []
+    for j in range(last):
+        past = [R[t][j] for t in range(j, last) if R[t][j] is not None]
+        if past and row[j] is not None:
+            values.append(max(past) - row[j])
+    return sum(values) / len(values) if values else None
+
+
+def backward_transfer(R: Matrix) -> float | None:
+    last, row = _final_row(R)
+    values = [row[j] - R[j][j] for j in range(last) if row[j] is not None and R[j][j] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def forward_transfer(R: Matrix, baseline: Sequence[float | None]) -> float | None:
+    last, _ = _final_row(R)
+    values = [
+        R[j - 1][j] - baseline[j]
+        for j in range(1, last + 1)
+        if R[j - 1][j] is not None and baseline[j] is not None
+    ]
+    return sum(values) / len(values) if values else None

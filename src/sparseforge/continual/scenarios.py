@@ -1,0 +1,133 @@
+"""Continual-learning scenarios: how a dataset's classes are cut into a sequence of tasks.
+
+A scenario is plain Python over label tensors. ``build`` returns one :class:`Task` per task with
+the indices of its training and test examples; the datamodule and the task loop only ever see
+that list. ``IID`` is the one-task scenario, so ordinary training and continual training share
+one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from sparseforge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    classes: tuple[int, ...]  # classes whose examples this task trains on
+    train_index: torch.Tensor  # indices into the training split
+    test_index: torch.Tensor  # indices into the test split, used to evaluate this task
+
+
+class Scenario:
+    name = "base"
+    #: Whether evaluation is given the task id (logits masked to the task's classes).
+    task_incremental = False
+
+    def __init__(self, epochs_per_task: int = 1):
+        if int(epochs_per_task) < 1:
+            raise ConfigError("scenario.epochs_per_task", f"must be >= 1, got {epochs_per_task}")
+        self.epochs_per_task = int(epochs_per_task)
+
+    def build(self, train_y: torch.Tensor, test_y: torch.Tensor, num_classes: int, seed: int) -> list[Task]:
+        raise NotImplementedError
+
+    def describe(self, tasks: Sequence[Task]) -> str:
+        return f"{self.name}: {len(tasks)} task(s) x {self.epochs_per_task} epoch(s)"
+
+
+def _index_of_classes(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    return torch.nonzero(torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))).flatten()
+
+
+class IID(Scenario):
+    """No tasks: one task with every class. Plain supervised training."""
+
+    name = "iid"
+
+    def build(self, train_y, test_y, num_classes, seed):
+        classes = tuple(range(num_classes))
+        return [Task(0, classes, torch.arange(len(train_y)), torch.arange(len(test_y)))]
+
+
+class ClassIncremental(Scenario):
+    """Classes split into ``n_tasks`` disjoint groups in a fixed order; one head over all classes.
+
+    ``class_order``: ``null`` (natural order 0..C-1), ``"random"`` (a permutation seeded by
+    ``order_seed``, or the run seed when that is null) or an explicit list that must be a
+    permutation of the dataset's classes. ``task_sizes`` gives an explicit uneven split.
+    """
+
+    name = "class_il"
+
+    def __init__(
+        self,
+        n_tasks: int = 5,
+        epochs_per_task: int = 1,
+        class_order: str | Sequence[int] | None = None,
+        order_seed: int | None = None,
+        task_sizes: Sequence[int] | None = None,
+    ):
+        super().__init__(epochs_per_task)
+        if int(n_tasks) < 1:
+            raise ConfigError("scenario.n_tasks", f"must be >= 1, got {n_tasks}")
+        self.n_tasks = int(n_tasks)
+        self.class_order = class_order
+        self.order_seed = order_seed
+        self.task_sizes = list(task_sizes) if task_sizes is not None else None
+
+    def resolve_class_order(self, num_classes: int, seed: int) -> list[int]:
+        order = self.class_order
+        if order is None or order == "natural":
+            return list(range(num_classes))
+        if order == "random":
+            g = torch.Generator().manual_seed(self.order_seed if self.order_seed is not None else seed)
+            return torch.randperm(num_classes, generator=g).tolist()
+        if isinstance(order, str):
+            raise ConfigError("scenario.class_order", f"unknown value {order!r}", "null, natural, random, or a list")
+        order = [int(c) for c in order]
+        if sorted(order) != list(range(num_classes)):
+            raise ConfigError(
+                "scenario.class_order",
+                f"must be a permutation of the dataset's {num_classes} classes 0..{num_classes - 1}, got {order}",
+            )
+        return order
+
+    def resolve_task_sizes(self, num_classes: int) -> list[int]:
+        if self.task_sizes is not None:
+            sizes = self.task_sizes
+            if len(sizes) != self.n_tasks or sum(sizes) != num_classes or min(sizes) < 1:
+                raise ConfigError(
+                    "scenario.task_sizes",
+                    f"{sizes} must be {self.n_tasks} positive sizes summing to {num_classes} classes",
+                )
+            return sizes
+        if num_classes % self.n_tasks:
+            raise ConfigError(
+                "scenario.n_tasks",
+                f"{self.n_tasks} tasks do not divide the dataset's {num_classes} classes; "
+                "pick a divisor or give an explicit uneven split in scenario.task_sizes",
+            )
+        return [num_classes // self.n_tasks] * self.n_tasks
+
+    def build(self, train_y, test_y, num_classes, seed):
+        order = self.resolve_class_order(num_classes, seed)
+        sizes = self.resolve_task_sizes(num_classes)
+        tasks, start = [], 0
+        for t, size in enumerate(sizes):
+            classes = tuple(order[start : start + size])
+            start += size
+            tasks.append(Task(t, classes, _index_of_classes(train_y, classes), _index_of_classes(test_y, classes)))
+        return tasks
+
+
+class TaskIncremental(ClassIncremental):
+    """The class-IL split, evaluated with the task id given (logits masked to the task's classes)."""
+
+    name = "task_il"
+    task_incremental = True

@@ -1,0 +1,1 @@
+"""Lightning glue: callbacks (task loop, RNG state, sparsity), loggers, checkpoint IO."""

@@ -1,0 +1,105 @@
+"""The one LightningModule every method extends.
+
+A method is a small subclass that overrides a few hooks (Mammoth's ``observe`` granularity,
+Avalanche's before/after hooks):
+
+- ``observe(batch)``: the loss of one training step (default: cross-entropy on the batch);
+- ``begin_task(task)`` / ``end_task(task)``: called by the task loop at task boundaries;
+- ``training_indices(task, tasks)``: which training examples this task trains on;
+- ``predict_scores(x)``: class scores used for evaluation (default: the model's logits);
+- ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
+  (replay buffers, statistics). It is saved with every checkpoint and restored on resume.
+
+Everything else (optimizers from config, logging, the task loop, sparsity) is shared.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, ClassVar, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseforge.continual.scenarios import Task
+
+
+class ContinualMethod(pl.LightningModule):
+    #: Name used in configs, logs and errors.
+    name: ClassVar[str] = "base"
+    #: Whether task-IL evaluation (logits masked per task) is meaningful for this method.
+    supports_task_il: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: partial,
+        lr_scheduler: partial | None = None,
+        lr_scheduler_interval: str = "epoch",
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.current_task = 0
+
+    # -- hooks for methods -------------------------------------------------------------------------
+    def observe(self, batch) -> torch.Tensor:
+        return F.cross_entropy(self(batch.x), batch.y)
+
+    def begin_task(self, task: Task) -> None:
+        self.current_task = task.id
+
+    def end_task(self, task: Task) -> None:
+        pass
+
+    def training_indices(self, task: Task, tasks: Sequence[Task]) -> torch.Tensor:
+        return task.train_index
+
+    def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def method_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- Lightning ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.observe(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch.y))
+        return loss
+
+    @property
+    def datamodule(self):
+        return self.trainer.datamodule
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.trainer.datamodule.tasks
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["method_state"] = {"current_task": self.current_task, **self.method_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = dict(checkpoint.get("method_state", {}))
+        self.current_task = state.pop("current_task", 0)
+        self.load_method_state(state)

@@ -1,0 +1,7 @@
+"""Finetune: plain training on each task in turn. The lower bound of continual learning."""
+
+from sparseforge.methods.base import ContinualMethod
+
+
+class Finetune(ContinualMethod):
+    name = "finetune"

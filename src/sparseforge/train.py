@@ -1,0 +1,253 @@
+"""The training entry point: ``train(cfg) -> metrics`` and the Hydra ``main``.
+
+``train`` builds every component from the config (each group maps 1:1 to a constructor), runs
+the pre-flight checks (config values, data on disk, scenario split) before anything is written,
+fits, and writes ``summary.json`` into the run directory, also when the run fails.
+
+Heavy imports (torch, Lightning) happen inside the functions so ``--help`` and config errors
+come back fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sparseforge.config import config_dir
+from sparseforge.errors import ConfigError, SparseforgeError
+
+log = logging.getLogger("sparseforge")
+
+
+@dataclass
+class Run:
+    """Everything ``train`` built, before fitting."""
+
+    cfg: DictConfig
+    run_dir: Path
+    datamodule: Any
+    method: Any
+    trainer: Any
+    ckpt_path: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if ckpt == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt).is_file():
+        raise ConfigError("ckpt_path", f"no checkpoint file at {ckpt}", "null, auto, or an existing .ckpt file")
+    return str(ckpt)
+
+
+def _precision_for(trainer_cfg: DictConfig) -> Any:
+    """Fail early on a GPU config without a GPU; fall back from bf16 where it is unsupported."""
+    import torch
+
+    precision = trainer_cfg.precision
+    if trainer_cfg.accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("hardware", "a GPU setting was chosen but no CUDA GPU is visible", "hardware=cpu or ddp_cpu")
+        if str(precision).startswith("bf16") and not torch.cuda.is_bf16_supported():
+            log.warning("this GPU has no bf16: using 16-mixed precision")
+            return "16-mixed"
+    return precision
+
+
+def make(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose config mistakes come back as one ConfigError line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, SparseforgeError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):  # wrong or missing constructor arguments
+            raise ConfigError(key, str(cause).splitlines()[0]) from None
+        raise
+
+
+def _check_partial(factory: Any, key: str, **kwargs: Any) -> None:
+    """Call an optimizer/scheduler partial once on a dummy so bad arguments fail before training."""
+    try:
+        factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, str(exc).splitlines()[0]) from None
+
+
+def build(cfg: DictConfig) -> Run:
+    """Instantiate everything and run the pre-flight checks. Raises SparseforgeError on bad input."""
+    import lightning.pytorch as pl
+    import torch
+
+    from sparseforge.config.validate import validate
+    from sparseforge.lightning.reproducibility import AtomicCheckpointIO, RNGStateCallback
+
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+
+    dataset = make(cfg.dataset, "dataset")
+    scenario = make(cfg.scenario, "scenario")
+    datamodule = make(cfg.data, "data", dataset=dataset, scenario=scenario)
+    datamodule.setup("fit")  # loads the data and cuts the tasks: missing data fails here
+
+    model = make(
+        cfg.model, "model", num_classes=dataset.num_classes, in_chans=dataset.in_chans, image_size=dataset.image_size
+    )
+    optimizer = make(cfg.optimizer, "optimizer")
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    _check_partial(optimizer, "optimizer", params=probe.param_groups[0]["params"])
+    lr_scheduler = make(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") else None
+    if lr_scheduler is not None:
+        _check_partial(lr_scheduler, "lr_scheduler", optimizer=probe)
+    method = make(cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler)
+    if scenario.task_incremental and not method.supports_task_il:
+        raise ConfigError("method", f"{method.name} cannot be evaluated task-incrementally", "scenario=class_il")
+
+    callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback()]
+    if cfg.sparsity.get("_target_"):
+        callbacks.append(make(cfg.sparsity, "sparsity"))
+    callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+
+    trainer_cfg = cfg.trainer
+    max_epochs = trainer_cfg.max_epochs if trainer_cfg.max_epochs is not None else datamodule.total_epochs
+    trainer = make(
+        trainer_cfg,
+        "trainer",
+        max_epochs=max_epochs,
+        precision=_precision_for(trainer_cfg),
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        reload_dataloaders_every_n_epochs=1,
+        limit_val_batches=0,
+    )
+    return Run(cfg, run_dir, datamodule, method, trainer, resolve_ckpt_path(cfg, run_dir))
+
+
+def collect_summary(run: Run) -> dict[str, Any]:
+    """Merge the summary sections every callback and the method contribute."""
+    sections: dict[str, Any] = {"metrics": {}}
+    for part in [*run.trainer.callbacks, run.method]:
+        contribute = getattr(part, "summary_section", None)
+        if contribute is None:
+            continue
+        for key, value in (contribute(run.trainer) or {}).items():
+            if key == "metrics":
+                sections["metrics"].update(value)
+            else:
+                sections[key] = value
+    for key in ("train/loss",):
+        if key in run.trainer.callback_metrics:
+            sections["metrics"][key] = float(run.trainer.callback_metrics[key])
+    return sections
+
+
+def _remove_fresh_run_dir(run_dir: Path) -> None:
+    """After a pre-flight failure, delete the run directory if this job only just created it."""
+    if not run_dir.is_dir() or (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train from a composed config; write summary.json; return the final metrics."""
+    from sparseforge.lightning.loggers import finish_wandb
+    from sparseforge.utils.io import atomic_write_json
+
+    start = time.time()
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        run = build(cfg)
+    except SparseforgeError:
+        if _is_rank_zero():
+            _remove_fresh_run_dir(run_dir)
+        raise
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "seed": cfg.seed,
+        "config": resolved,
+        "n_params": sum(p.numel() for p in run.method.model.parameters()),
+        "resumed_from": run.ckpt_path,
+        "started_at": start,
+    }
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        atomic_write_json(run_dir / "summary.json", summary)
+    try:
+        for logger in run.trainer.loggers:
+            logger.log_hyperparams(resolved)
+        run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+        summary.update(collect_summary(run))
+        summary["status"] = "completed"
+        return summary["metrics"]
+    except BaseException as exc:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary["wall_time_s"] = time.time() - start
+        summary["finished_at"] = time.time()
+        if rank_zero and run.trainer.is_global_zero:
+            atomic_write_json(run_dir / "summary.json", summary)
+        finish_wandb(exit_code=0 if summary["status"] == "completed" else 1)
+        run.extra["summary"] = summary
+        train.last_summary = summary  # for callers that want everything (tests, the CLI table)
+
+
+train.last_summary = None
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    if cfg.get("print_config") and _is_rank_zero():
+        from sparseforge.utils.rich_utils import print_config_tree
+
+        print_config_tree(cfg)
+    try:
+        metrics = train(cfg)
+    except SparseforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if _is_rank_zero() and train.last_summary is not None:
+        from sparseforge.utils.rich_utils import print_results
+
+        print_results(train.last_summary)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    """Console-script entry (``sparseforge-train``): the same as ``python train.py``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
