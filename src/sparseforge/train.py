@@ -165,13 +165,22 @@ def collect_summary(run: Run) -> dict[str, Any]:
     return sections
 
 
-def _remove_fresh_run_dir(run_dir: Path) -> None:
-    """After a pre-flight failure, delete the run directory if this job only just created it."""
+def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
+    """After a pre-flight failure, delete the run directory if this job only just created it,
+    and the parents (``outputs/runs/``...) it leaves empty, up to ``stop_at``."""
     if not run_dir.is_dir() or (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists():
         return
     if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.resolve().parent
+        stop = stop_at.resolve() if stop_at is not None else None
+        while stop is not None and parent != stop and stop in parent.parents:
+            try:
+                parent.rmdir()  # only succeeds while empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -185,7 +194,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run = build(cfg)
     except SparseforgeError:
         if _is_rank_zero():
-            _remove_fresh_run_dir(run_dir)
+            _remove_fresh_run_dir(run_dir, stop_at=Path(cfg.paths.root_dir))
+        raise
+    except BaseException as exc:  # a bug, not a user error: keep the run dir and say what failed
+        if _is_rank_zero():
+            atomic_write_json(
+                run_dir / "summary.json",
+                {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir),
+                 "seed": cfg.get("seed"), "wall_time_s": time.time() - start,
+                 "config": OmegaConf.to_container(cfg, resolve=False)},
+            )
         raise
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -231,6 +249,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         from sparseforge.utils.rich_utils import print_config_tree
 
         print_config_tree(cfg)
+    from sparseforge.utils.logging import tidy_console
+
+    tidy_console()
     try:
         metrics = train(cfg)
     except SparseforgeError as exc:

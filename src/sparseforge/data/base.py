@@ -9,6 +9,7 @@ buffers store the raw, non-augmented bytes, as Mammoth's DER++ does.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -71,13 +72,23 @@ class ImageDataset:
     def load(self, train: bool) -> ImageTensors:
         """The split as uint8 tensors (cached). Raises DataNotFoundError with a fix-it message."""
         if train not in self._cache:
+            existed = set(self.root.iterdir()) if self.root.is_dir() else None
             try:
                 self._cache[train] = self._load(train)
             except DataNotFoundError:
+                self._remove_empty_new_folders(existed)
                 raise
             except (RuntimeError, FileNotFoundError, OSError) as exc:
+                self._remove_empty_new_folders(existed)
                 raise self.missing(str(exc)) from None
         return self._cache[train]
+
+    def _remove_empty_new_folders(self, existed: set[Path] | None) -> None:
+        """A failed download leaves empty folders (e.g. MNIST/raw/) behind: remove those."""
+        new = [self.root] if existed is None else [p for p in self.root.iterdir() if p not in existed]
+        for top in new:
+            if top.is_dir() and not any(p.is_file() for p in top.rglob("*")):
+                shutil.rmtree(top, ignore_errors=True)
 
     def missing(self, reason: str = "") -> DataNotFoundError:
         why = f" ({reason.strip().splitlines()[0]})" if reason else ""

@@ -38,7 +38,14 @@ class _Cifar(ImageDataset):
         self.verify_checksums = verify_checksums
 
     def expected_location(self) -> str:
-        return f"{self.root / self.folder}/ (torchvision's pickled batches)"
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.torchvision_class)
+        files = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        where = f"{self.root / self.folder}/ with {', '.join(files)} (torchvision's pickled batches)"
+        if self.verify_checksums and (self.root / self.folder).is_dir():
+            where += "; if these are your own files in this format, set dataset.verify_checksums=false"
+        return where
 
     def _load(self, train: bool) -> ImageTensors:
         import torchvision.datasets as tvd

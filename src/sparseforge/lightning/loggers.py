@@ -1,14 +1,18 @@
-"""W&B logging that never prompts, never hangs and resumes the same run after a restart."""
+"""Loggers: W&B that never prompts, never hangs and resumes the same run after a restart; a CSV log that survives a resume."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import netrc
 import os
 from pathlib import Path
 from typing import Sequence
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from sparseforge.errors import ConfigError
 
@@ -57,9 +61,15 @@ class WandbLogger(_LightningWandbLogger):
         name: str | None = None,
         log_model: bool | str = False,
         run_id: str | None = None,
+        quiet: bool = True,
         **kwargs,
     ):
         self.resolved_mode = resolve_mode(mode)
+        if quiet and "settings" not in kwargs and self.resolved_mode != "disabled":
+            import wandb
+
+            # Keeps the start lines (where the run is saved) but drops the end-of-run history dump.
+            kwargs["settings"] = wandb.Settings(quiet=True)
         super().__init__(
             name=name or Path(save_dir).name,
             save_dir=save_dir,
@@ -75,6 +85,41 @@ class WandbLogger(_LightningWandbLogger):
             resume="allow",
             **kwargs,
         )
+
+
+class _ResumableWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one keeps the rows a resumed
+    run has not redone: those logged before the first step the new process logs."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._previous_rows: list[dict[str, str]] = []
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self._previous_rows = list(csv.DictReader(file))
+            self._fs.rm_file(self.metrics_file_path)
+
+    def save(self) -> None:
+        if self._previous_rows and self.metrics:
+            first_new_step = min(int(m["step"]) for m in self.metrics)
+            kept = [r for r in self._previous_rows if r.get("step") and int(float(r["step"])) < first_new_step]
+            self.metrics = kept + self.metrics
+            self._previous_rows = []
+        super().save()
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger whose metrics.csv survives a resume (``ckpt_path=auto``).
+
+    A fresh run in the same directory starts again at step 0 and so replaces every old row.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumableWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def finish_wandb(exit_code: int = 0) -> None:

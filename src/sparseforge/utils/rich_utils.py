@@ -31,7 +31,7 @@ def _fmt(value: Any) -> str:
 
 def print_results(summary: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title=f"results: {summary.get('run_dir', '')}", show_header=True)
+    table = Table(title="results", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.get("metrics", {}).items():
@@ -58,3 +58,4 @@ def print_results(summary: dict[str, Any]) -> None:
         for t, row in enumerate(matrix):
             acc.add_row(str(t), *["" if v is None else f"{v:.3f}" for v in row])
         console.print(acc)
+    console.print(f"run directory: {summary.get('run_dir', '')}", soft_wrap=True)
