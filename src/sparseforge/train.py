@@ -159,7 +159,7 @@ def collect_summary(run: Run) -> dict[str, Any]:
                 sections["metrics"].update(value)
             else:
                 sections[key] = value
-    for key in ("train/loss",):
+    for key in ("train/loss", "train/acc"):
         if key in run.trainer.callback_metrics:
             sections["metrics"][key] = float(run.trainer.callback_metrics[key])
     return sections

@@ -45,10 +45,22 @@ class ContinualMethod(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.current_task = 0
+        self.train_accuracy = None  # created on first use, when the number of classes is known
 
     # -- hooks for methods -------------------------------------------------------------------------
     def observe(self, batch) -> torch.Tensor:
-        return F.cross_entropy(self(batch.x), batch.y)
+        logits = self(batch.x)
+        self.track_accuracy(logits, batch.y)
+        return F.cross_entropy(logits, batch.y)
+
+    def track_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Feed the epoch's training accuracy (``train/acc``, torchmetrics). Methods that
+        override ``observe`` call it with the logits of the current-task batch."""
+        if self.train_accuracy is None:
+            from torchmetrics.classification import MulticlassAccuracy
+
+            self.train_accuracy = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(logits.device)
+        self.train_accuracy.update(logits.detach(), y)
 
     def begin_task(self, task: Task) -> None:
         self.current_task = task.id
@@ -75,6 +87,8 @@ class ContinualMethod(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.observe(batch)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch.y))
+        if self.train_accuracy is not None and self.train_accuracy.update_count:
+            self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True, batch_size=len(batch.y))
         return loss
 
     @property
