@@ -1,0 +1,84 @@
+"""SHARP's connectivity: random kernel-level initial masks and drop/regrow rewiring.
+
+A conv layer's connectivity is kept or dropped per whole k x k kernel, so every function here
+works on the (out units x input features) connection matrix: the mask itself for a linear layer,
+one entry per kernel for a conv. At the conv -> linear flatten, channel ``c`` of the previous
+layer owns the input features ``[c*HW, (c+1)*HW)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparseforge.models.sharp import WeightLayer
+from sparseforge.continual.sharp.units import INPUT_RANK
+
+
+def connections(mask: torch.Tensor) -> torch.Tensor:
+    """The out x in connection matrix of a (kernel-level) mask."""
+    if mask.dim() == 2:
+        return mask.bool()
+    flat = mask.flatten(2)
+    kernel = flat.any(-1)
+    if not bool((flat.all(-1) == kernel).all()):
+        raise ValueError("conv mask is not kernel-level: some kernel is only partly connected")
+    return kernel
+
+
+def full_mask(conn: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Back from a connection matrix to a mask of ``like``'s shape."""
+    if like.dim() == 2:
+        return conn.clone()
+    return conn.view(*conn.shape, *[1] * (like.dim() - 2)).expand_as(like).clone()
+
+
+def random_mask(weight: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """Independent Bernoulli(density) keep decision per weight (linear) or per kernel (conv)."""
+    shape = weight.shape[:2]
+    conn = torch.rand(shape, generator=generator) < density
+    return full_mask(conn, torch.empty(weight.shape, dtype=torch.bool)).to(weight.device)
+
+
+def input_ranks(layer: WeightLayer, previous_ranks: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    """The rank of every input feature of ``layer`` (the previous layer's unit ranks, expanded)."""
+    if previous_ranks is None:
+        return torch.full((in_features,), INPUT_RANK, dtype=torch.long)
+    return previous_ranks.repeat_interleave(layer.in_group)
+
+
+@dataclass
+class RewireStats:
+    dropped: int  # connections removed (kernels for convs)
+    grown: int  # connections added
+    elements_per_connection: int  # k*k for convs, 1 for linear
+
+    @property
+    def shortfall(self) -> int:
+        """Connections that could not be regrown because candidates ran out."""
+        return self.dropped - self.grown
+
+
+@torch.no_grad()
+def rewire_layer(
+    mask: torch.Tensor,
+    in_ranks: torch.Tensor,
+    out_ranks: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, RewireStats]:
+    """Drop every connection from an idle input into a non-idle unit; regrow as many at random
+    into idle units (from any input, where absent). Returns the new mask and the counts."""
+    conn = connections(mask).cpu()
+    idle_in = (in_ranks == 0).view(1, -1)
+    active_out = (out_ranks != 0).view(-1, 1)
+    drop = conn & idle_in & active_out
+    n_drop = int(drop.sum())
+    conn = conn & ~drop
+    candidates = (~conn & (out_ranks == 0).view(-1, 1)).flatten().nonzero().flatten()
+    n_grow = min(n_drop, len(candidates))
+    if n_grow:
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n_grow]]
+        conn.view(-1)[chosen] = True
+    per = mask[0, 0].numel() if mask.dim() > 2 else 1
+    return full_mask(conn, mask.cpu()).to(mask.device), RewireStats(n_drop, n_grow, per)
