@@ -113,6 +113,33 @@ class TaskLoopConfig:
     reset_optimizer_per_task: bool = True
 
 
+# -- methods -------------------------------------------------------------------------------------
+@dataclass
+class SharpMethodConfig:
+    """SHARP (configs/method/sharp.yaml); defaults are the authors' Split-MNIST settings."""
+
+    _target_: str = "sparseforge.methods.sharp.Sharp"
+    density: float = 0.4
+    dense_first_conv: bool = True
+    phase_epochs: int = 3
+    max_phases: int = 10
+    tau_param: float = 30.0
+    min_activation_perc: float = 90.0
+    selection_samples: int = 1024
+    stm_per_class: int = 25
+    stm_num_tasks: int = 1
+    ltm_per_class: int = 25
+    knn_k: int = 5
+    temperature: float = 0.1
+    batch_size_memory: Optional[int] = None
+    reinit_idle: bool = True
+    replay_layer: str = "conv_early"
+    predict_with: str = "knn"
+    augment: bool = False
+    l2: float = 0.0
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
 # -- trainer -------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
@@ -153,6 +180,7 @@ def register_schemas() -> None:
         ("scenario", "class_il", ClassILScenarioConfig),
         ("scenario", "task_il", TaskILScenarioConfig),
         ("task_loop", "default", TaskLoopConfig),
+        ("method", "sharp", SharpMethodConfig),
         ("trainer", "default", TrainerConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)
