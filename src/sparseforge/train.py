@@ -131,6 +131,10 @@ def build(cfg: DictConfig) -> Run:
     callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
 
+    plugins = [AtomicCheckpointIO()]
+    if cfg.get("slurm_environment"):  # who requeues a SLURM job: see configs/train.yaml
+        environment = make(cfg.slurm_environment, "slurm_environment")
+        plugins += [environment] if environment is not None else []
     trainer_cfg = cfg.trainer
     max_epochs = trainer_cfg.max_epochs if trainer_cfg.max_epochs is not None else datamodule.total_epochs
     trainer = make(
@@ -140,7 +144,7 @@ def build(cfg: DictConfig) -> Run:
         precision=_precision_for(trainer_cfg),
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         reload_dataloaders_every_n_epochs=1,
         limit_val_batches=0,
     )
@@ -186,10 +190,16 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train from a composed config; write summary.json; return the final metrics."""
     from sparseforge.lightning.loggers import finish_wandb
+    from sparseforge.sweeps.points import completed_summary
     from sparseforge.utils.io import atomic_write_json
 
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
+    finished = completed_summary(run_dir) if cfg.get("ckpt_path") == "auto" else None
+    if finished is not None:  # resuming a finished run (a rerun sweep): nothing is left to train
+        log.info(f"{run_dir} already completed: skipped (ckpt_path=null retrains it)")
+        train.last_summary = finished
+        return finished.get("metrics", {})
     try:
         run = build(cfg)
     except SparseforgeError:

@@ -13,6 +13,30 @@ def first_set(*values):
     return None
 
 
+def only_if(condition, value):
+    """``${sf.if:cond,value}``: ``value`` when ``cond`` is set, else null (for ``sf.or`` chains)."""
+    return value if condition is not None and condition != "" else None
+
+
+def sweep_point_dir(overrides, experiment=None, seed=None) -> str:
+    """``${sf.point_dir:${hydra.overrides.task},<experiment>,${seed}}``: a sweep point's deterministic
+    directory name, hashed from experiment, seed and overrides (see sweeps/points.py)."""
+    from sparseforge.sweeps.points import point_dirname
+
+    return point_dirname(list(overrides or []), experiment, seed)
+
+
+def launch_dir() -> str:
+    """``${sf.cwd:}``: the directory the command was started in. Unlike ``${hydra:runtime.cwd}``
+    it also resolves where Hydra has not set its config yet (the multirun sweeper, a launcher)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else os.getcwd()
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sf.or"):
-        OmegaConf.register_new_resolver("sf.or", first_set)
+    for name, fn in (("sf.or", first_set), ("sf.if", only_if), ("sf.point_dir", sweep_point_dir), ("sf.cwd", launch_dir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
