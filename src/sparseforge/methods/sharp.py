@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 from sparseforge.continual.scenarios import Task
-from sparseforge.continual.sharp.interim_masks import LayerMasks
 from sparseforge.continual.sharp.learner import REPLAY_LAYERS, SharpLearner, first_per_class
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
@@ -74,26 +73,41 @@ class Sharp(ContinualMethod):
     ):
         super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
         if not isinstance(model, SharpNet):
-            raise ConfigError("model", f"SHARP needs a SHARP network, got {type(model).__name__}", "model=sharp_mnistlike, sharp_vgg_small")
+            raise ConfigError(
+                "model",
+                f"SHARP needs a SHARP network, got {type(model).__name__}",
+                "model=sharp_mnistlike, sharp_vgg_small",
+            )
         _check("density", 0.0 < density <= 1.0, f"must be in (0, 1], got {density}")
         _check("phase_epochs", phase_epochs >= 1, f"must be >= 1, got {phase_epochs}")
         _check("max_phases", max_phases >= 1, f"must be >= 1, got {max_phases}")
         _check("tau_param", tau_param > 0, f"must be > 0, got {tau_param}")
-        _check("min_activation_perc", 0 <= min_activation_perc <= 100, f"must be in [0, 100], got {min_activation_perc}")
+        _check(
+            "min_activation_perc", 0 <= min_activation_perc <= 100, f"must be in [0, 100], got {min_activation_perc}"
+        )
         _check("selection_samples", selection_samples >= 1, f"must be >= 1, got {selection_samples}")
-        for key, value in (("stm_per_class", stm_per_class), ("stm_num_tasks", stm_num_tasks), ("ltm_per_class", ltm_per_class), ("knn_k", knn_k)):
+        for key, value in (
+            ("stm_per_class", stm_per_class),
+            ("stm_num_tasks", stm_num_tasks),
+            ("ltm_per_class", ltm_per_class),
+            ("knn_k", knn_k),
+        ):
             _check(key, value >= 1, f"must be >= 1, got {value}")
         _check("temperature", temperature > 0, f"must be > 0, got {temperature}")
-        _check("batch_size_memory", batch_size_memory is None or batch_size_memory >= 2, f"must be null or >= 2, got {batch_size_memory}")
-        _check("replay_layer", replay_layer in REPLAY_LAYERS, f"unknown value {replay_layer!r}", ", ".join(REPLAY_LAYERS))
+        _check(
+            "batch_size_memory",
+            batch_size_memory is None or batch_size_memory >= 2,
+            f"must be null or >= 2, got {batch_size_memory}",
+        )
+        _check(
+            "replay_layer", replay_layer in REPLAY_LAYERS, f"unknown value {replay_layer!r}", ", ".join(REPLAY_LAYERS)
+        )
         _check("predict_with", predict_with in PREDICTORS, f"unknown value {predict_with!r}", ", ".join(PREDICTORS))
         self.phase_epochs, self.max_phases = int(phase_epochs), int(max_phases)
         self.batch_size_memory = batch_size_memory
         self.predict_with, self.augment = predict_with, bool(augment)
-        masks = LayerMasks({layer.name: layer.module for layer in model.weight_layers()})
         self.learner = SharpLearner(
             model,
-            masks,
             density=density,
             dense_first_conv=dense_first_conv,
             tau_param=tau_param,
@@ -117,7 +131,10 @@ class Sharp(ContinualMethod):
         dm.setup(stage)
         self.learner.preprocess_raw = dm.preprocess_eval
         m = self.learner.stm_num_tasks
-        replayed = max((len(set().union(*[t.classes for t in dm.tasks[max(0, e - m) : e]])) for e in range(1, dm.n_tasks)), default=0)
+        replayed = max(
+            (len(set().union(*[t.classes for t in dm.tasks[max(0, e - m) : e]])) for e in range(1, dm.n_tasks)),
+            default=0,
+        )
         need = 2 * replayed
         size = self.batch_size_memory or dm.batch_size
         _check(
@@ -128,12 +145,16 @@ class Sharp(ContinualMethod):
         )
         for callback in self.trainer.callbacks:
             if type(callback).__module__.startswith("sparseforge.lightning.sparsity"):
-                raise ConfigError("sparsity", "SHARP rewires its own masks; a sparsity method cannot run beside it", "sparsity=dense")
+                raise ConfigError(
+                    "sparsity", "SHARP rewires its own masks; a sparsity method cannot run beside it", "sparsity=dense"
+                )
         per_task = dm.scenario.epochs_per_task
         if per_task != self.phase_epochs * self.max_phases:
             log.warning(
                 "SHARP: scenario.epochs_per_task=%d differs from phase_epochs x max_phases = %d x %d",
-                per_task, self.phase_epochs, self.max_phases,
+                per_task,
+                self.phase_epochs,
+                self.max_phases,
             )
 
     # -- phases ---------------------------------------------------------------------------------------
@@ -176,12 +197,12 @@ class Sharp(ContinualMethod):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # after backward and AMP unscaling, before clipping
         self.learner.before_optimizer_step()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        saved = self.learner.protect()
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.learner.restore(saved)
+        self.learner.after_optimizer_step()
 
     # -- end of episode -------------------------------------------------------------------------------
     def end_task(self, task: Task) -> None:
@@ -207,7 +228,9 @@ class Sharp(ContinualMethod):
 
     def _sync_ranks(self) -> None:
         if self._distributed():
-            state = self.trainer.strategy.broadcast({"ranks": self.learner.ranks, "masks": self.learner.masks.state_dict()}, src=0)
+            state = self.trainer.strategy.broadcast(
+                {"ranks": self.learner.ranks, "masks": self.learner.masks.state_dict()}, src=0
+            )
             self.learner.load_partial_state(state)
 
     def _sync_state(self) -> None:
@@ -249,12 +272,17 @@ class Sharp(ContinualMethod):
             "raw_image_bytes": image_bytes,
             "er_equivalent_samples": record["bytes"] // image_bytes,
             "er_equivalent_samples_with_ltm": (record["bytes"] + record["ltm_bytes"]) // image_bytes,
+            "replayed_per_episode": {str(e): {str(c): n for c, n in d.items()} for e, d in learner.replayed.items()},
         }
-        masks = {layer.name: learner.masks.get(layer.name) for layer in learner.layers}
+        masks = learner.masks
+        nnz = masks.nnz_per_layer()
         sparsity = {
             "method": "sharp",
-            "density": sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()),
-            "layers": {k: {"nonzero": int(m.sum()), "total": m.numel(), "density": int(m.sum()) / m.numel()} for k, m in masks.items()},
+            "density": masks.global_density(),
+            "itop": masks.itop(),
+            "layers": {
+                k: {"nonzero": n, "total": masks.numel(k), "density": n / masks.numel(k)} for k, n in nnz.items()
+            },
         }
         return {
             "replay": replay,

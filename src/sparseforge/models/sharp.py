@@ -19,8 +19,8 @@ Convolutions are 3x3, stride 1, padding 1; weights Kaiming-normal (fan_in), bias
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ class SharpNet(nn.Module):
         yield from ((m, False) for m in [*self.hidden, self.penultimate])
 
     def _run(self, x: torch.Tensor, start: int, record: list | None = None) -> torch.Tensor:
-        for k, (module, pool) in enumerate(list(self._stages())[start:], start=start):
+        for _k, (module, pool) in enumerate(list(self._stages())[start:], start=start):
             if isinstance(module, nn.Linear) and x.dim() > 2:
                 x = x.flatten(1)
             x = F.relu(module(x))
@@ -145,13 +145,23 @@ class SharpNet(nn.Module):
 
 
 @register_model("sharp_mnistlike")
-def sharp_mnistlike(num_classes: int, in_chans: int = 1, image_size: int = 28, representation: int = 500, hidden: Sequence[int] = (500,)):
+def sharp_mnistlike(
+    num_classes: int, in_chans: int = 1, image_size: int = 28, representation: int = 500, hidden: Sequence[int] = (500,)
+):
     """MNISTLIKE: conv 16 + pool, conv 16 + pool (cut-off: 16x7x7 = 784), 784-500-500."""
-    return SharpNet(in_chans, image_size, num_classes, early=[(16, True), (16, True)], hidden=hidden, representation=representation)
+    return SharpNet(
+        in_chans, image_size, num_classes, early=[(16, True), (16, True)], hidden=hidden, representation=representation
+    )
 
 
 @register_model("sharp_vgg_small")
-def sharp_vgg_small(num_classes: int, in_chans: int = 3, image_size: int = 32, representation: int = 1024, hidden: Sequence[int] = (1024,)):
+def sharp_vgg_small(
+    num_classes: int,
+    in_chans: int = 3,
+    image_size: int = 32,
+    representation: int = 1024,
+    hidden: Sequence[int] = (1024,),
+):
     """VGG_Small: 64, 64+pool, 64, 64+pool (cut-off: 64x8x8 = 4096), 128, 128, 128+pool, 2048-1024-1024."""
     return SharpNet(
         in_chans,

@@ -39,7 +39,10 @@ class LongTermMemory:
 
     @property
     def nbytes(self) -> int:
-        return sum(r.numel() * r.element_size() + m.numel() for r, m in zip(self.representations.values(), self.unit_masks.values()))
+        return sum(
+            r.numel() * r.element_size() + m.numel()
+            for r, m in zip(self.representations.values(), self.unit_masks.values(), strict=True)
+        )
 
     def _entries(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Per class: (its mask, its stored representations normalised inside the mask), on
@@ -97,6 +100,8 @@ class LongTermMemory:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.representations = {int(c): r.float().cpu() for c, r in zip(state["labels"], state["representations"])}
-        self.unit_masks = {int(c): m.bool().cpu() for c, m in zip(state["labels"], state["unit_masks"])}
+        self.representations = {
+            int(c): r.float().cpu() for c, r in zip(state["labels"], state["representations"], strict=True)
+        }
+        self.unit_masks = {int(c): m.bool().cpu() for c, m in zip(state["labels"], state["unit_masks"], strict=True)}
         self._on_device.clear()

@@ -6,8 +6,8 @@ position) and exposes the steps the Lightning method calls:
 - :meth:`start_phase`: select units by activation mass, drop idle -> active links, regrow into
   idle units (done at the first epoch of every phase; the method then makes a fresh optimizer);
 - :meth:`loss`: SupCon over the stream batch plus replayed samples of the recent classes;
-- :meth:`before_optimizer_step` / :meth:`protect` + :meth:`restore`: pruned and frozen entries
-  get zero gradient, and whatever the optimizer does to them is undone after its step;
+- :meth:`before_optimizer_step` / :meth:`after_optimizer_step`: pruned and frozen entries get
+  zero gradient, and whatever the optimizer does to them is undone after its step;
 - :meth:`end_episode`: promote -> freeze -> STM insert -> re-init idle units -> LTM update;
 - :meth:`scores`: kNN votes (or the linear head's logits).
 
@@ -18,7 +18,8 @@ Randomness (growth, re-initialisation, replay draws) comes from generators seede
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from sparseforge.continual.sharp.knn import LongTermMemory
 from sparseforge.continual.sharp.memory import ReplayBank, ShortTermMemory
 from sparseforge.continual.sharp.supcon import keep_repeated_classes, supcon_loss
 from sparseforge.models.sharp import SharpNet
+from sparseforge.sparsity.masks import MaskSet
 
 log = logging.getLogger("sparseforge")
 
@@ -38,7 +40,6 @@ class SharpLearner:
     def __init__(
         self,
         model: SharpNet,
-        masks,
         density: float = 0.4,
         dense_first_conv: bool = True,
         tau_param: float = 30.0,
@@ -55,12 +56,14 @@ class SharpLearner:
         seed: int = 0,
     ):
         if not isinstance(model, SharpNet):
-            raise TypeError(f"SHARP needs a SHARP network (sharp_mnistlike, sharp_vgg_small), got {type(model).__name__}")
+            raise TypeError(
+                f"SHARP needs a SHARP network (sharp_mnistlike, sharp_vgg_small), got {type(model).__name__}"
+            )
         if replay_layer not in REPLAY_LAYERS:
             raise ValueError(f"unknown replay_layer {replay_layer!r}")
         self.model = model
         self.layers = model.weight_layers()
-        self.masks = masks
+        self._layers_by_name = {layer.name: layer for layer in self.layers}
         self.density = float(density)
         self.tau_param, self.min_activation_perc = float(tau_param), float(min_activation_perc)
         self.selection_samples = int(selection_samples)
@@ -76,9 +79,13 @@ class SharpLearner:
         self.bank: ReplayBank | None = None
         self.bank_episode: int | None = None
         self.last_transient_bytes = 0  # STM size at the end of the last episode, before eviction
+        # replayed samples per class in the running episode, and per finished episode
+        self.replay_counts = torch.zeros(model.head.out_features, dtype=torch.long)
+        self.replayed: dict[int, dict[int, int]] = {}
         self.preprocess_raw: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._frozen: dict[str, torch.Tensor] = {}
-        self._init_masks(dense_first_conv)
+        self._frozen_bias: dict[str, torch.Tensor] = {}
+        self.masks = self._initial_masks(dense_first_conv)
         self._sync_unit_mask()
 
     @property
@@ -89,36 +96,42 @@ class SharpLearner:
         return torch.Generator().manual_seed(hash((self.seed, *keys)) % (2**63))
 
     # -- connectivity ---------------------------------------------------------------------------------
-    def _init_masks(self, dense_first_conv: bool) -> None:
+    def _initial_masks(self, dense_first_conv: bool) -> MaskSet:
+        """Bernoulli(density) per weight (linear) or per kernel (conv); the first conv dense."""
         g = self.generator(-1)
-        first = self.layers[0]
+        first, masks = self.layers[0], {}
         for layer in self.layers:
             weight = layer.module.weight
             if dense_first_conv and layer is first and layer.is_conv:
-                mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+                masks[layer.name] = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
             else:
-                mask = rewire.random_mask(weight, self.density, g)
-            self.masks.set(layer.name, mask)
-        self.masks.apply()
+                masks[layer.name] = rewire.random_mask(weight, self.density, g)
+        mask_set = MaskSet({layer.name: layer.module for layer in self.layers}, masks)
+        mask_set.apply_()
+        return mask_set
 
     def start_phase(self, episode: int, phase: int, selection_inputs: torch.Tensor) -> dict[str, Any]:
         """Select units (phase ``phase``, 1-based), then drop and regrow connections."""
         percent = units.activation_percent(phase, self.tau_param, self.min_activation_perc)
         scores = self.activation_scores(selection_inputs)
-        for layer, score in zip(self.layers, scores):
+        for layer, score in zip(self.layers, scores, strict=True):
             self.ranks[layer.name] = units.select_units(score.cpu(), self.ranks[layer.name], percent)
         g = self.generator(episode, phase)
-        stats, previous = {}, None
+        self.masks.follow_weights()
+        stats, new_masks, target, previous = {}, {}, {}, None
         for layer in self.layers:
-            mask = self.masks.get(layer.name)
+            mask = self.masks[layer.name]
             in_ranks = rewire.input_ranks(layer, previous, mask.shape[1])
-            new_mask, s = rewire.rewire_layer(mask, in_ranks, self.ranks[layer.name], g)
-            self.masks.set(layer.name, new_mask)
-            if s.shortfall:
-                log.warning("SHARP %s: only %d of %d dropped connections could be regrown", layer.name, s.grown, s.dropped)
+            new_masks[layer.name], s = rewire.rewire_layer(mask, in_ranks, self.ranks[layer.name], g)
+            if s.shortfall:  # the only way a layer's count may change
+                log.warning(
+                    "SHARP %s: only %d of %d dropped connections could be regrown", layer.name, s.grown, s.dropped
+                )
+                target[layer.name] = self.masks.target_nnz[layer.name] - s.shortfall * s.elements_per_connection
             stats[layer.name] = {"dropped": s.dropped, "grown": s.grown}
             previous = self.ranks[layer.name]
-        self.masks.apply()
+        self.masks.set_masks(new_masks, target_nnz=target)  # new weights start at 0
+        self.masks.check()  # exact counts, pruned weights zero
         self._sync_unit_mask()
         self.position = {"episode": int(episode), "phase": int(phase)}
         entry = {"episode": episode, "phase": phase, "percent": percent, "layers": stats}
@@ -142,56 +155,54 @@ class SharpLearner:
 
     # -- freezing -------------------------------------------------------------------------------------
     def update_freeze_masks(self) -> None:
-        """Recompute which units are frozen from the ranks (kept on the weights' device)."""
-        self._frozen = {
-            layer.name: units.frozen_units(layer, self.ranks[layer.name], self.stm_num_tasks, self.activation_replay).to(
-                layer.module.weight.device
-            )
-            for layer in self.layers
-        }
+        """Recompute the frozen units from the ranks. Their incoming weights become the mask
+        set's gradient masks (zero gradient, any optimizer move undone); biases are handled here."""
+        grad_masks, self._frozen = {}, {}
+        for layer in self.layers:
+            weight = layer.module.weight
+            frozen = units.frozen_units(layer, self.ranks[layer.name], self.stm_num_tasks, self.activation_replay)
+            if bool(frozen.any()):
+                frozen = frozen.to(weight.device)
+                self._frozen[layer.name] = frozen
+                rows = ~frozen.view(-1, *[1] * (weight.dim() - 1))
+                grad_masks[layer.name] = rows.expand_as(weight)
+        self.masks.set_grad_masks(grad_masks)
 
     def frozen(self, name: str) -> torch.Tensor:
-        cached = self._frozen.get(name)
-        if cached is None or cached.device != self.model.unit_mask.device:
-            self.update_freeze_masks()
-        return self._frozen[name]
+        """Bool per unit of layer ``name``: frozen or not."""
+        return units.frozen_units(self.layer(name), self.ranks[name], self.stm_num_tasks, self.activation_replay)
+
+    def layer(self, name: str):
+        return self._layers_by_name[name]
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Zero the gradients of pruned weights and of frozen units' incoming weights and bias
-        (before any gradient clipping, so the norm counts only trainable entries)."""
-        for layer in self.layers:
-            weight, bias = layer.module.weight, layer.module.bias
-            frozen = self.frozen(layer.name)
-            if weight.grad is not None:
-                weight.grad.mul_(self.masks.get(layer.name))
-                weight.grad[frozen] = 0
-            if bias is not None and bias.grad is not None:
+        """After backward, before clipping and ``optimizer.step``: zero the gradients of pruned
+        weights and of frozen units' incoming weights and biases; remember the frozen values."""
+        self.masks.follow_weights()
+        if any(f.device != self.model.unit_mask.device for f in self._frozen.values()):
+            self.update_freeze_masks()
+        self.masks.before_step()
+        self._frozen_bias = {}
+        for name, frozen in self._frozen.items():
+            bias = self._module(name).bias
+            if bias is None:
+                continue
+            if bias.grad is not None:
                 bias.grad[frozen] = 0
+            self._frozen_bias[name] = bias.detach()[frozen].clone()
 
     @torch.no_grad()
-    def protect(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """Copies of the frozen rows, taken right before ``optimizer.step``."""
-        saved = {}
-        for layer in self.layers:
-            frozen = self.frozen(layer.name)
-            if bool(frozen.any()):
-                bias = layer.module.bias
-                saved[layer.name] = (layer.module.weight[frozen].clone(), None if bias is None else bias[frozen].clone())
-        return saved
+    def after_optimizer_step(self) -> None:
+        """Undo whatever the optimizer did to frozen entries (momentum and weight decay move
+        entries whose gradient is zero) and zero pruned weights again."""
+        self.masks.after_step()
+        for name, values in self._frozen_bias.items():
+            self._module(name).bias[self._frozen[name]] = values
+        self._frozen_bias = {}
 
-    @torch.no_grad()
-    def restore(self, saved: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]) -> None:
-        """Undo the optimizer's update on frozen units and pruned weights, whatever the optimizer
-        (momentum and weight decay move entries whose gradient is zero)."""
-        for layer in self.layers:
-            if layer.name in saved:
-                frozen = self.frozen(layer.name)
-                weight, bias = saved[layer.name]
-                layer.module.weight[frozen] = weight
-                if bias is not None:
-                    layer.module.bias[frozen] = bias
-        self.masks.apply()
+    def _module(self, name: str):
+        return self._layers_by_name[name].module
 
     # -- replay ---------------------------------------------------------------------------------------
     def to_replay_input(self, label: int, device: torch.device) -> torch.Tensor:
@@ -200,7 +211,9 @@ class SharpLearner:
 
     def begin_episode(self, episode: int, device: torch.device) -> None:
         classes = self.stm.replay_classes(episode)
-        self.bank = ReplayBank(self.stm, classes, device, decode=lambda c: self.to_replay_input(c, device)) if classes else None
+        self.bank = (
+            ReplayBank(self.stm, classes, device, decode=lambda c: self.to_replay_input(c, device)) if classes else None
+        )
         self.bank_episode = int(episode)
 
     def replay_representation(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -217,6 +230,9 @@ class SharpLearner:
         feats, labels = [self.model.represent(x[keep])], [y[keep]]
         if self.bank is not None and replay_size > 0:
             replay_x, replay_y = self.bank.sample(replay_size, generator)
+            if self.replay_counts.device != replay_y.device:
+                self.replay_counts = self.replay_counts.to(replay_y.device)
+            self.replay_counts += torch.bincount(replay_y, minlength=len(self.replay_counts))
             feats.append(self.replay_representation(replay_x))
             labels.append(replay_y)
         z, labels = torch.cat(feats), torch.cat(labels)
@@ -227,12 +243,19 @@ class SharpLearner:
         head_ce = F.cross_entropy(self.model.head(z.detach()), labels)
         total = contrastive + head_ce
         if self.l2:
-            total = total + self.l2 * sum((layer.module.weight**2).sum() + (layer.module.bias**2).sum() for layer in self.layers)
+            total = total + self.l2 * sum(
+                (layer.module.weight**2).sum() + (layer.module.bias**2).sum() for layer in self.layers
+            )
         return total, {"supcon": contrastive.detach(), "head_ce": head_ce.detach()}
 
     # -- end of episode ------------------------------------------------------------------------------
     @torch.no_grad()
-    def end_episode(self, episode: int, inputs_per_class: Mapping[int, torch.Tensor], raw_per_class: Mapping[int, torch.Tensor] | None = None) -> None:
+    def end_episode(
+        self,
+        episode: int,
+        inputs_per_class: Mapping[int, torch.Tensor],
+        raw_per_class: Mapping[int, torch.Tensor] | None = None,
+    ) -> None:
         """promote -> freeze masks -> STM insert -> re-init idle -> LTM update -> evict.
 
         ``inputs_per_class``: the first training samples of each class of the episode, in
@@ -240,6 +263,9 @@ class SharpLearner:
         """
         was_training = self.model.training
         self.model.eval()
+        counts = self.replay_counts.cpu()
+        self.replayed[int(episode)] = {int(c): int(counts[c]) for c in counts.nonzero().flatten()}
+        self.replay_counts = torch.zeros_like(counts)
         for name in self.ranks:
             self.ranks[name] = units.promote(self.ranks[name])
         self.update_freeze_masks()
@@ -253,7 +279,7 @@ class SharpLearner:
             g = self.generator(episode, 10_000)
             for layer in self.layers:
                 units.reinit_idle_units(layer, self.ranks[layer.name], g)
-            self.masks.apply()
+            self.masks.apply_()
         self._update_ltm(episode, inputs_per_class)
         self.last_transient_bytes = self.stm.nbytes
         self.stm.evict_before(episode)
@@ -296,7 +322,7 @@ class SharpLearner:
         return counts
 
     def densities(self) -> dict[str, float]:
-        return {layer.name: float(self.masks.get(layer.name).float().mean()) for layer in self.layers}
+        return self.masks.density_per_layer()
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -307,6 +333,9 @@ class SharpLearner:
             "ltm": self.ltm.state_dict(),
             "position": dict(self.position),
             "rewire_log": list(self.rewire_log),
+            "replay_counts": self.replay_counts.cpu().clone(),
+            "replayed": {e: dict(c) for e, c in self.replayed.items()},
+            "last_transient_bytes": self.last_transient_bytes,
         }
 
     def load_partial_state(self, state: Mapping[str, Any]) -> None:
@@ -315,7 +344,7 @@ class SharpLearner:
         self.masks.load_state_dict(state["masks"])
         self.update_freeze_masks()
         self._sync_unit_mask()
-        self.masks.apply()
+        self.masks.apply_()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.ranks = {k: v.clone().long().cpu() for k, v in state["ranks"].items()}
@@ -324,12 +353,17 @@ class SharpLearner:
         self.ltm.load_state_dict(state["ltm"])
         self.position = dict(state["position"])
         self.rewire_log = list(state.get("rewire_log", []))
+        self.replay_counts = state["replay_counts"].clone().long()
+        self.replayed = {int(e): {int(c): int(n) for c, n in d.items()} for e, d in state["replayed"].items()}
+        self.last_transient_bytes = int(state["last_transient_bytes"])
         self.update_freeze_masks()
         self._sync_unit_mask()
-        self.masks.apply()
+        self.masks.apply_()
 
 
-def first_per_class(labels: torch.Tensor, index: torch.Tensor, classes: Sequence[int], n: int) -> dict[int, torch.Tensor]:
+def first_per_class(
+    labels: torch.Tensor, index: torch.Tensor, classes: Sequence[int], n: int
+) -> dict[int, torch.Tensor]:
     """The first ``n`` positions of ``index`` (kept in dataset order) whose label is each class."""
     index = torch.sort(index).values
     lab = labels[index]

@@ -12,7 +12,8 @@ same store and byte count serve both variants.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -100,9 +101,11 @@ class ShortTermMemory:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.codes = {int(c): q.cpu() for c, q in zip(state["labels"], state["codes"])}
-        self.ranges = {int(c): (float(r[0]), float(r[1])) for c, r in zip(state["labels"], state["ranges"])}
-        self.episode_of = {int(c): int(e) for c, e in zip(state["labels"], state["episodes"])}
+        self.codes = {int(c): q.cpu() for c, q in zip(state["labels"], state["codes"], strict=True)}
+        self.ranges = {
+            int(c): (float(r[0]), float(r[1])) for c, r in zip(state["labels"], state["ranges"], strict=True)
+        }
+        self.episode_of = {int(c): int(e) for c, e in zip(state["labels"], state["episodes"], strict=True)}
 
 
 class ReplayBank:
@@ -124,7 +127,7 @@ class ReplayBank:
         n_classes = len(self.classes)
         base, extra = divmod(batch_size, n_classes)
         xs, ys = [], []
-        for k, (label, values) in enumerate(zip(self.classes, self.values)):
+        for k, (label, values) in enumerate(zip(self.classes, self.values, strict=True)):
             want, have = base + (k < extra), len(values)
             if want == 0:
                 continue

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseforge.models.sharp import WeightLayer
 from sparseforge.continual.sharp.units import INPUT_RANK
+from sparseforge.models.sharp import WeightLayer
 
 
 def connections(mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ rank > 0 by one.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ def unit_scores(activations: Iterable[Sequence[torch.Tensor]], normaliser: int =
     totals: list[torch.Tensor] | None = None
     for per_layer in activations:
         sums = [a.double().sum(dim=[d for d in range(a.dim()) if d != 1]) for a in per_layer]
-        totals = sums if totals is None else [t + s for t, s in zip(totals, sums)]
+        totals = sums if totals is None else [t + s for t, s in zip(totals, sums, strict=True)]
     if totals is None:
         raise ValueError("unit selection needs at least one sample")
     return [t / normaliser for t in totals]
