@@ -45,6 +45,17 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+def apply_last(cfg: DictConfig) -> None:
+    """Merge ``cfg.apply_last`` over the config, after every group and preset.
+
+    The debug options put their values there: ``+experiment=X`` is appended after ``debug`` in
+    the defaults list, so a preset's ``scenario.epochs_per_task: 200`` would otherwise beat
+    ``debug=fdr``'s 1.
+    """
+    for key, value in (cfg.get("apply_last") or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+
+
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
@@ -130,6 +141,8 @@ def build(cfg: DictConfig) -> Run:
         callbacks.append(make(cfg.sparsity, "sparsity"))
     callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
 
     plugins = [AtomicCheckpointIO()]
     if cfg.get("slurm_environment"):  # who requeues a SLURM job: see configs/train.yaml
@@ -194,6 +207,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from sparseforge.utils.io import atomic_write_json
 
     start = time.time()
+    apply_last(cfg)
     run_dir = Path(cfg.paths.output_dir)
     finished = completed_summary(run_dir) if cfg.get("ckpt_path") == "auto" else None
     if finished is not None:  # resuming a finished run (a rerun sweep): nothing is left to train
