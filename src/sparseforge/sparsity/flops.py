@@ -35,3 +35,134 @@ def layer_forward_flops(model: nn.Module, example: torch.Tensor, layer_names) ->
     """Dense forward FLOPs of each named layer, for one example."""
     _, per_module = forward_flops_per_module(model, example)
     return {name: per_module.get(name, 0) for name in layer_names}
+
+
+# -- training FLOPs actually spent ----------------------------------------------------------------
+def dense_train_flops_per_step(f_dense: float) -> float:
+    """Dense training: forward + backward (input and weight gradients, each ~ a forward)."""
+    return 3 * f_dense
+
+
+def static_train_flops_per_step(f_sparse: float) -> float:
+    return 3 * f_sparse
+
+
+def rigl_train_flops_per_step(f_sparse: float, f_dense: float, delta_t: int) -> float:
+    """The RigL paper's closed form, (3·f_s·ΔT + 2·f_s + f_d) / (ΔT + 1), for comparison."""
+    return (3 * f_sparse * delta_t + 2 * f_sparse + f_dense) / (delta_t + 1)
+
+
+def _first_tensor(args) -> torch.Tensor | None:
+    for a in args:
+        if torch.is_tensor(a):
+            return a
+        if isinstance(a, (list, tuple)):
+            found = _first_tensor(a)
+            if found is not None:
+                return found
+    return None
+
+
+class FlopsAccountant:
+    """Counts the training FLOPs a run really spends, one optimizer step at a time.
+
+    A forward pre-hook on ``model`` counts the examples it really processes while in training
+    mode: with gradients enabled an example costs forward + backward, under ``no_grad`` a
+    forward only (so a method doing three forwards per step, like DER++, is charged three).
+    Evaluation forwards (``model.eval()``) are not training FLOPs and are not counted.
+
+    ``step(layer_density, weight_grad_density)`` then charges the examples seen since the last
+    step, per example:
+
+    - forward = f_other + Σ_l f_l · d_l   (f_l: dense FLOPs of sparse layer l, d_l: its density;
+      f_other: everything FlopCounterMode counts outside the sparse layers, kept dense);
+    - backward, input gradients = the forward;
+    - backward, weight gradients = f_other + Σ_l f_l · g_l, where g_l defaults to d_l and is 1 on
+      steps that need the dense gradient (RigL updates) or a gradient density (SparCL's DGM).
+
+    The dense reference charges 3·f_d per trained example and f_d per forward-only example.
+    Dense FLOPs come from FlopCounterMode on one example (batch 1; FLOPs = 2 x MACs), measured
+    the first time a step is charged, from the shape of the first training input seen.
+    """
+
+    def __init__(self, model: nn.Module, layer_names=(), example_input: torch.Tensor | None = None):
+        self.model = model
+        self.layer_names = list(layer_names)
+        self.f_dense: float | None = None
+        self.f_layer: dict[str, float] = {}
+        self._example = example_input
+        self.pending_train = 0
+        self.pending_forward_only = 0
+        self.train_total = 0.0
+        self.dense_total = 0.0
+        self.steps = 0
+        self.samples_trained = 0
+        self.samples_forward_only = 0
+        self._hook = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, args) -> None:
+        if not module.training:
+            return
+        x = _first_tensor(args)
+        if x is None or x.dim() == 0:
+            return
+        if self._example is None:
+            self._example = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        if torch.is_grad_enabled():
+            self.pending_train += x.shape[0]
+        else:
+            self.pending_forward_only += x.shape[0]
+
+    def measure(self) -> None:
+        if self.f_dense is not None:
+            return
+        if self._example is None:
+            raise RuntimeError("FlopsAccountant: no training forward seen yet and no example_input given")
+        total, per_module = forward_flops_per_module(self.model, self._example)
+        self.f_dense = float(total)
+        self.f_layer = {name: float(per_module.get(name, 0)) for name in self.layer_names}
+
+    def forward_flops(self, layer_density=None) -> float:
+        """Forward FLOPs of one example at these layer densities (missing layers: dense)."""
+        self.measure()
+        density = layer_density or {}
+        return self.f_dense - sum(f * (1.0 - density.get(n, 1.0)) for n, f in self.f_layer.items())
+
+    def step(self, layer_density=None, weight_grad_density=None) -> float:
+        """Charge the examples counted since the last step; returns this step's FLOPs."""
+        n_train, n_fwd = self.pending_train, self.pending_forward_only
+        self.pending_train = self.pending_forward_only = 0
+        self.steps += 1
+        if n_train == 0 and n_fwd == 0:
+            return 0.0
+        forward = self.forward_flops(layer_density)
+        weight_grad = self.forward_flops(weight_grad_density if weight_grad_density is not None else layer_density)
+        spent = n_train * (2 * forward + weight_grad) + n_fwd * forward
+        self.train_total += spent
+        self.dense_total += n_train * 3 * self.f_dense + n_fwd * self.f_dense
+        self.samples_trained += n_train
+        self.samples_forward_only += n_fwd
+        return spent
+
+    @property
+    def train_relative_to_dense(self) -> float | None:
+        return self.train_total / self.dense_total if self.dense_total else None
+
+    def close(self) -> None:
+        self._hook.remove()
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {
+            "train_total": self.train_total,
+            "dense_total": self.dense_total,
+            "steps": self.steps,
+            "samples_trained": self.samples_trained,
+            "samples_forward_only": self.samples_forward_only,
+        }
+
+    def load_state_dict(self, state) -> None:
+        self.train_total = float(state["train_total"])
+        self.dense_total = float(state["dense_total"])
+        self.steps = int(state["steps"])
+        self.samples_trained = int(state.get("samples_trained", 0))
+        self.samples_forward_only = int(state.get("samples_forward_only", 0))

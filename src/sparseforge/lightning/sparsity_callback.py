@@ -1,0 +1,252 @@
+"""Lightning glue for the sparsity engine: thin hooks around ``Sparsifier``.
+
+Hook placement (Lightning 2.x automatic optimisation):
+
+- ``setup``: build the masks from the model (fresh runs) - a resumed run then gets the saved
+  masks through ``load_state_dict``, which Lightning calls after ``setup``;
+- ``on_fit_start``: masks follow the model to its device; pruned weights are zeroed; the
+  per-layer density plot is written;
+- ``on_before_optimizer_step`` (after AMP unscaling, before clipping): capture the dense
+  gradient on update steps, then mask the gradients;
+- ``on_train_batch_end`` of a batch that stepped: re-apply the masks, count FLOPs, run the
+  topology update on schedule (before the next forward).
+
+The optimizer passed to ``on_before_optimizer_step`` is the live one, so the optimizer that the
+task loop re-creates at every task boundary is always the one whose state gets reset.
+``sparsity=dense`` uses this callback too, without masks, so every run reports FLOPs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+
+from sparseforge.errors import ConfigError
+from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
+from sparseforge.sparsity.options import SparsityOptions
+from sparseforge.sparsity.sparsifier import Sparsifier
+from sparseforge.sparsity.targets import prunable_layers, select_layers
+
+log = logging.getLogger("sparseforge")
+
+
+class SparsityCallback(pl.Callback):
+    def __init__(
+        self,
+        update_rule: str = "rigl",
+        density: float = 0.1,
+        distribution: str = "erk",
+        erk_power_scale: float = 1.0,
+        dense_first_layer: bool = False,
+        dense_last_layer: bool = False,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        placement: str = "random",
+        delta_t: int = 100,
+        drop_fraction: float = 0.3,
+        drop_schedule: str = "cosine",
+        end_fraction: float = 0.75,
+        schedule_scope: str = "run",
+        regrow_dropped: bool = False,
+        momentum_decay: float = 0.9,
+        seed: int = 0,
+        check_every_update: bool = True,
+        plot: bool = True,
+        log_layers: bool = True,
+    ):
+        self.options = SparsityOptions(
+            update_rule=update_rule,
+            density=density,
+            distribution=distribution,
+            erk_power_scale=erk_power_scale,
+            dense_first_layer=dense_first_layer,
+            dense_last_layer=dense_last_layer,
+            include=list(include) if include is not None else None,
+            exclude=list(exclude) if exclude is not None else None,
+            placement=placement,
+            delta_t=delta_t,
+            drop_fraction=drop_fraction,
+            drop_schedule=drop_schedule,
+            end_fraction=end_fraction,
+            schedule_scope=schedule_scope,
+            regrow_dropped=regrow_dropped,
+            momentum_decay=momentum_decay,
+            seed=seed,
+            check_every_update=check_every_update,
+        )
+        self.plot = plot
+        self.log_layers = log_layers
+        self.sparsifier: Sparsifier | None = None
+        self.plot_path: Path | None = None
+        self._saved_state: dict[str, Any] | None = None
+        self._stepped = False
+
+    # -- pre-flight: the model-dependent checks, run by train.build() before anything trains ---------
+    def preflight(self, method: pl.LightningModule) -> None:
+        o = self.options
+        if o.is_dense:
+            return
+        layers = select_layers(method.model, o.include, o.exclude, o.dense_first_layer, o.dense_last_layer)
+        layer_nnz(weight_shapes(layers), o.density, o.distribution, o.erk_power_scale)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return self.sparsifier.state_dict() if self.sparsifier is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if self.sparsifier is None:
+            self._saved_state = state
+        else:
+            self.sparsifier.load_state_dict(state)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.sparsifier is not None:
+            return
+        self.sparsifier = Sparsifier(pl_module.model, options=self.options)
+        if self._saved_state is not None:
+            self.sparsifier.load_state_dict(self._saved_state)
+            self._saved_state = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sp = self.sparsifier
+        sp.follow_weights()
+        if sp.masks is not None:
+            sp.masks.apply_()
+            sp.check()
+        if trainer.is_global_zero:
+            self._report_layers(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sp = self.sparsifier
+        if sp.rule is None or not sp.rule.changes_topology:
+            return
+        steps_per_epoch = math.ceil(trainer.num_training_batches / max(trainer.accumulate_grad_batches, 1))
+        dm = trainer.datamodule
+        if self.options.schedule_scope == "task" and hasattr(dm, "epoch_in_task"):
+            if dm.epoch_in_task(trainer.current_epoch) == 0:
+                sp.restart_schedule(steps_per_epoch * dm.scenario.epochs_per_task)
+        elif sp.horizon is None:  # a fresh run (a resumed one keeps its saved schedule)
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ConfigError("trainer.max_epochs", "a sparsity schedule needs a finite run", "max_epochs or max_steps")
+            sp.set_total_steps(int(total))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        self.sparsifier.before_optimizer_step(optimizer)
+        self._stepped = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        if not self._stepped:  # gradient accumulation: no optimizer step after this batch
+            return
+        self._stepped = False
+        stats = self.sparsifier.after_optimizer_step()
+        if stats is not None and trainer.is_global_zero:
+            values = {
+                "sparsity/drop_fraction": stats["drop_fraction"],
+                "sparsity/grown": float(stats["grown"]),
+                "sparsity/dropped": float(stats["dropped"]),
+                **self.sparsifier.metrics(per_layer=False),
+            }
+            if self.log_layers:
+                for name, counts in stats["layers"].items():
+                    values[f"sparsity/grown/{name}"] = float(counts["grown"])
+            self._log(trainer, values)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._log(trainer, self.sparsifier.metrics(per_layer=self.log_layers))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sparsifier.check()
+
+    # -- reporting -----------------------------------------------------------------------------------
+    @staticmethod
+    def _log(trainer: pl.Trainer, values: dict[str, float]) -> None:
+        values = {k: v for k, v in values.items() if v is not None}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+
+    def _report_layers(self, trainer: pl.Trainer) -> None:
+        sp = self.sparsifier
+        if sp.masks is None:
+            return
+        densities = sp.layer_densities()
+        log.info(
+            "sparsity: %s/%s, density %.4g over %d layers",
+            self.options.update_rule,
+            self.options.distribution,
+            sp.global_density(),
+            len(densities),
+        )
+        self._log(trainer, sp.metrics(per_layer=self.log_layers))
+        if not self.plot:
+            return
+        from sparseforge.sparsity.plots import plot_layer_densities
+
+        title = f"{self.options.distribution} at density {self.options.density} ({self.options.update_rule})"
+        self.plot_path = plot_layer_densities(
+            densities, Path(trainer.default_root_dir) / "layer_density.png", title, sp.global_density()
+        )
+        nnz = sp.layer_nnz()
+        rows = [[name, sp.masks.numel(name), nnz[name], d] for name, d in densities.items()]
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="sparsity/layer_density", images=[str(self.plot_path)])
+                logger.log_table(key="sparsity/layers", columns=["layer", "weights", "nonzeros", "density"], data=rows)
+
+    def summary_section(self, trainer: pl.Trainer) -> dict[str, Any]:
+        sp = self.sparsifier
+        if sp is None:
+            return {}
+        o = self.options
+        sparsity: dict[str, Any] = {
+            "density": sp.global_density(),
+            "target_density": o.density,
+            "model_density": sp.model_density(),
+            "update_rule": o.update_rule,
+            "layers": sp.layer_densities(),
+        }
+        if sp.masks is not None:
+            sparsity.update(
+                distribution=o.distribution,
+                layer_nnz=sp.layer_nnz(),
+                dense_layers=[n for n in prunable_layers(sp.model) if n not in sp.masks.masks],
+                itop=sp.masks.itop(),
+                updates=sp.updates_done,
+                skipped_updates=sp.skipped_updates,
+                grown_total=sp.grown_total,
+                steps=sp.step,
+            )
+            if sp.rule.changes_topology:
+                sparsity.update(delta_t=o.delta_t, drop_fraction=o.drop_fraction, drop_schedule=o.drop_schedule,
+                                end_fraction=o.end_fraction, schedule_steps=sp.horizon)
+        section: dict[str, Any] = {"sparsity": sparsity}
+        flops = sp.flops
+        if flops is not None and flops.dense_total:
+            world = trainer.world_size  # every rank trains its own share of the samples
+            section["flops"] = {
+                "train_total": flops.train_total * world,
+                "train_dense_total": flops.dense_total * world,
+                "train_relative_to_dense": flops.train_relative_to_dense,
+                "inference_forward": flops.forward_flops(sp.layer_densities()),
+                "dense_forward": flops.f_dense,
+                "inference_relative_to_dense": sp.inference_relative_to_dense(),
+                "samples_trained": flops.samples_trained * world,
+                "samples_forward_only": flops.samples_forward_only * world,
+            }
+        return section
+
+
+def find_sparsifier(trainer: pl.Trainer) -> Sparsifier | None:
+    """The run's ``Sparsifier`` (for methods that build on the masks), or None."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, SparsityCallback):
+            return callback.sparsifier
+    return None

@@ -1,0 +1,51 @@
+"""Keeping masks identical on every rank (no-ops without an initialised process group).
+
+Masks are drawn from seeded generators and computed from all-reduced gradients, so ranks agree
+by construction; after every mask change rank 0's masks are broadcast anyway, so that no source
+of drift (a rank-dependent seed, non-deterministic kernels) can make ranks train different
+topologies. ``Sparsifier.check`` then compares per-layer fingerprints across ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def broadcast_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rank 0's masks on every rank (bool tensors travel as uint8)."""
+    if world_size() == 1:
+        return dict(masks)
+    out = {}
+    for name in sorted(masks):  # the same order on every rank
+        buffer = masks[name].to(torch.uint8).contiguous()
+        dist.broadcast(buffer, src=0)
+        out[name] = buffer.bool()
+    return out
+
+
+def all_ranks_agree(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True only if ``flag`` is True on every rank (so all ranks take the same branch)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    if world_size() == 1:
+        return [tensor]
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts

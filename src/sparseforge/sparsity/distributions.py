@@ -1,0 +1,145 @@
+"""Layer-wise densities: uniform, Erdős–Rényi (ER) and Erdős–Rényi-Kernel (ERK).
+
+Budget convention (RigL's): ``density`` is the fraction of non-zeros over the weights of the
+*sparse* layers, i.e. the selected conv/linear weights. Layers kept dense by option
+(``dense_first_layer``, ``dense_last_layer``, ``exclude``, not ``include``d) are outside the
+budget: they neither consume nor free any of it. Layers that ER/ERK caps at density 1 are inside
+the budget; the others share what is left (the scale factor ε is re-solved after each capping,
+as in RigL, adding every layer tied at the highest score at once).
+
+Counts are exact integers: each layer's real-valued target ``d_l * N_l`` is rounded once by the
+largest-remainder method, so every layer is within one weight of its target and the total is
+``round(density * sum(N_l))`` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from torch import nn
+
+from sparseforge.errors import ConfigError
+from sparseforge.sparsity.targets import prunable_layers, select_layers
+
+Shape = Sequence[int]
+
+
+def raw_score(shape: Shape, distribution: str, erk_power_scale: float = 1.0) -> float:
+    """Unnormalised density score of one weight tensor (PyTorch layout: out, in, *kernel)."""
+    if distribution == "uniform":
+        return 1.0
+    if distribution == "er":  # channel dimensions only; RigL applies no power here
+        n_out, n_in = shape[0], (shape[1] if len(shape) > 1 else 1)
+        return (n_out + n_in) / (n_out * n_in)
+    if distribution == "erk":
+        return (sum(shape) / math.prod(shape)) ** erk_power_scale
+    raise ConfigError("sparsity.distribution", f"unknown value {distribution!r}", "uniform, er, erk")
+
+
+def solve_densities(
+    shapes: Mapping[str, Shape], density: float, distribution: str = "erk", erk_power_scale: float = 1.0
+) -> dict[str, float]:
+    """Real-valued layer densities with RigL's iterative capping (no rounding)."""
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    if distribution == "uniform" or density >= 1.0:
+        return {name: float(min(density, 1.0)) for name in shapes}
+    scores = {name: raw_score(shape, distribution, erk_power_scale) for name, shape in shapes.items()}
+    total = sum(sizes.values())
+    capped: set[str] = set()
+    eps = 0.0
+    while len(capped) < len(shapes):
+        free = [n for n in shapes if n not in capped]
+        budget = density * total - sum(sizes[n] for n in capped)
+        eps = budget / sum(scores[n] * sizes[n] for n in free)
+        top = max(scores[n] for n in free)
+        if eps * top <= 1.0:
+            break
+        capped |= {n for n in free if scores[n] == top}
+    return {name: 1.0 if name in capped else eps * scores[name] for name in shapes}
+
+
+def apportion(sizes: Mapping[str, int], densities: Mapping[str, float]) -> dict[str, int]:
+    """Integer non-zero counts: largest-remainder rounding of ``densities[l] * sizes[l]``."""
+    targets = {n: min(densities[n], 1.0) * sizes[n] for n in sizes}
+    counts = {n: min(math.floor(t), sizes[n]) for n, t in targets.items()}
+    missing = math.floor(sum(targets.values()) + 0.5) - sum(counts.values())
+    position = {n: i for i, n in enumerate(sizes)}  # ties go to the earlier layer
+    for name in sorted(sizes, key=lambda n: (counts[n] - targets[n], position[n])):
+        if missing <= 0:
+            break
+        if counts[name] < sizes[name]:
+            counts[name] += 1
+            missing -= 1
+    return counts
+
+
+def _counts(shapes: Mapping[str, Shape], density: float, distribution: str, erk_power_scale: float) -> dict[str, int]:
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    return apportion(sizes, solve_densities(shapes, density, distribution, erk_power_scale))
+
+
+def smallest_workable_density(shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0) -> float:
+    """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight."""
+
+    def works(d: float) -> bool:
+        return min(_counts(shapes, d, distribution, erk_power_scale).values()) >= 1
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    digits = 3 - math.floor(math.log10(hi))
+    shown = math.ceil(hi * 10**digits) / 10**digits
+    while not works(shown):
+        shown += 10**-digits
+    return round(shown, digits)
+
+
+def layer_nnz(
+    shapes: Mapping[str, Shape],
+    density: float,
+    distribution: str = "erk",
+    erk_power_scale: float = 1.0,
+    config_prefix: str = "sparsity",
+) -> dict[str, int]:
+    """Exact non-zero count per layer. A layer that would keep no weight is a ConfigError."""
+    counts = _counts(shapes, density, distribution, erk_power_scale)
+    empty = [name for name, n in counts.items() if n < 1]
+    if empty:
+        name = empty[0]
+        smallest = smallest_workable_density(shapes, distribution, erk_power_scale)
+        raise ConfigError(
+            f"{config_prefix}.density",
+            f"{density} leaves layer {name!r} ({math.prod(shapes[name])} weights) with no weight under {distribution}",
+            f"density >= {smallest} for this model",
+        )
+    return counts
+
+
+def weight_shapes(layers: Mapping[str, nn.Module]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(module.weight.shape) for name, module in layers.items()}
+
+
+def layer_densities(
+    model: nn.Module,
+    density: float,
+    distribution: str = "erk",
+    erk_power_scale: float = 1.0,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    dense_first_layer: bool = False,
+    dense_last_layer: bool = False,
+    all_layers: bool = False,
+) -> dict[str, float]:
+    """The exact density (non-zeros / weights) each layer of ``model`` would get, without building masks.
+
+    ``all_layers=True`` also lists the conv/linear layers kept dense by option, at 1.0.
+    """
+    layers = select_layers(model, include, exclude, dense_first_layer, dense_last_layer)
+    shapes = weight_shapes(layers)
+    counts = layer_nnz(shapes, density, distribution, erk_power_scale)
+    sparse = {name: counts[name] / math.prod(shapes[name]) for name in shapes}
+    if not all_layers:
+        return sparse
+    return {name: sparse.get(name, 1.0) for name in prunable_layers(model)}

@@ -1,0 +1,237 @@
+"""``MaskSet``: the masks of a model as one object with state.
+
+One boolean mask per sparse layer weight, keyed by module name. The object
+
+- keeps pruned weights exactly zero: ``mask_grads_()`` before the optimizer step and
+  ``apply_()`` after it (both in place, on bool masks);
+- changes topology only through ``set_masks()``, which zeroes new connections, resets their
+  optimizer state (every state tensor shaped like the weight: SGD ``momentum_buffer``, Adam/AdamW
+  ``exp_avg``/``exp_avg_sq``, ...), records which weights were ever active (ITOP) and checks
+  the counts;
+- carries optional *gradient masks* (SparCL's DGM): active weights outside their gradient mask
+  are frozen for the step, restored after it so momentum and weight decay cannot move them;
+- checks its invariants with ``check()`` and round-trips through ``state_dict()``.
+
+Update rules (static, SET, RigL, SparCL's TDM, ...) only decide *which* masks come next; they
+hand them to ``set_masks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+MaskDict = Mapping[str, torch.Tensor]
+
+
+class MaskInvariantError(AssertionError):
+    """A mask or a masked weight is not what it must be (wrong count, non-zero pruned weight)."""
+
+
+class MaskSet:
+    def __init__(self, layers: Mapping[str, nn.Module], masks: MaskDict, target_nnz: Mapping[str, int] | None = None):
+        if set(layers) != set(masks):
+            raise ValueError(f"masks for {sorted(masks)} but layers {sorted(layers)}")
+        self.layers = dict(layers)
+        self.masks: dict[str, torch.Tensor] = {}
+        for name in self.layers:
+            weight = self.weight(name)
+            mask = masks[name]
+            if mask.shape != weight.shape:
+                raise ValueError(f"mask of {name!r} has shape {tuple(mask.shape)}, weight {tuple(weight.shape)}")
+            self.masks[name] = mask.to(device=weight.device, dtype=torch.bool).clone()
+        self.fired = {name: m.clone() for name, m in self.masks.items()}
+        self.target_nnz = dict(target_nnz) if target_nnz is not None else self.nnz_per_layer()
+        self.grad_masks: dict[str, torch.Tensor] = {}
+        self._frozen: dict[str, torch.Tensor] = {}
+        self.version = 0  # bumped on every topology change (caches key on it)
+
+    # -- access --------------------------------------------------------------------------------------
+    def weight(self, name: str) -> nn.Parameter:
+        return self.layers[name].weight
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.masks[name]
+
+    def numel(self, name: str) -> int:
+        return self.masks[name].numel()
+
+    def nnz_per_layer(self) -> dict[str, int]:
+        return {name: int(mask.count_nonzero()) for name, mask in self.masks.items()}
+
+    def density_per_layer(self) -> dict[str, float]:
+        return {name: n / self.numel(name) for name, n in self.nnz_per_layer().items()}
+
+    def global_density(self) -> float:
+        return sum(self.nnz_per_layer().values()) / sum(self.numel(n) for n in self.masks)
+
+    def itop(self) -> float:
+        """In-time over-parameterisation: the fraction of sparse-layer weights ever active."""
+        return sum(int(f.count_nonzero()) for f in self.fired.values()) / sum(self.numel(n) for n in self.masks)
+
+    def to(self, device: torch.device | str) -> "MaskSet":
+        for store in (self.masks, self.fired, self.grad_masks):
+            for name in store:
+                store[name] = store[name].to(device)
+        return self
+
+    def follow_weights(self) -> None:
+        """Move masks to their weights' devices (after the trainer moved the model)."""
+        for name in self.masks:
+            device = self.weight(name).device
+            if self.masks[name].device != device:
+                self.to(device)
+                return
+
+    # -- keeping pruned weights at zero --------------------------------------------------------------
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned weight, in place."""
+        for name, mask in self.masks.items():
+            self.weight(name).mul_(mask)
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        """Zero the gradients of pruned weights (and, with gradient masks, of frozen ones)."""
+        for name, mask in self.masks.items():
+            grad = self.weight(name).grad
+            if grad is not None:
+                grad.mul_(mask)
+        for name, gmask in self.grad_masks.items():
+            grad = self.weight(name).grad
+            if grad is not None:
+                grad.mul_(gmask)
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Call after backward (and AMP unscaling), before ``optimizer.step()``."""
+        self.mask_grads_()
+        self._frozen = {name: self.weight(name).detach().clone() for name in self.grad_masks}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Call after ``optimizer.step()``: undo any move of frozen weights, zero pruned weights."""
+        for name, saved in self._frozen.items():
+            weight = self.weight(name)
+            weight.copy_(torch.where(self.grad_masks[name], weight, saved))
+        self._frozen = {}
+        self.apply_()
+
+    def set_grad_masks(self, grad_masks: MaskDict) -> None:
+        """Extra per-layer gradient masks (True = may move this step). Replaces the previous ones."""
+        unknown = set(grad_masks) - set(self.masks)
+        if unknown:
+            raise KeyError(f"gradient masks for layers without a weight mask: {sorted(unknown)}")
+        self.grad_masks = {
+            name: m.to(device=self.masks[name].device, dtype=torch.bool) for name, m in grad_masks.items()
+        }
+
+    def clear_grad_masks(self) -> None:
+        self.grad_masks = {}
+
+    # -- topology changes ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_masks(
+        self,
+        new_masks: MaskDict,
+        optimizer: torch.optim.Optimizer | None = None,
+        target_nnz: Mapping[str, int] | None = None,
+    ) -> dict[str, dict[str, int]]:
+        """Switch to ``new_masks`` (a subset of layers is fine). Returns per-layer drop/grow counts.
+
+        New connections start at weight 0 with zeroed optimizer state; dropped weights become 0.
+        Unless ``target_nnz`` gives new counts for a layer, its count must stay the same.
+        """
+        stats: dict[str, dict[str, int]] = {}
+        for name, new in new_masks.items():
+            old = self.masks[name]
+            new = new.to(device=old.device, dtype=torch.bool)
+            if new.shape != old.shape:
+                raise ValueError(f"new mask of {name!r} has shape {tuple(new.shape)}, expected {tuple(old.shape)}")
+            grown = new & ~old
+            dropped = old & ~new
+            weight = self.weight(name)
+            weight.masked_fill_(grown, 0.0)
+            if optimizer is not None:
+                reset_optimizer_state(optimizer, weight, grown)
+            self.masks[name] = new
+            self.fired[name] |= new
+            if target_nnz is not None and name in target_nnz:
+                self.target_nnz[name] = int(target_nnz[name])
+            stats[name] = {"grown": int(grown.count_nonzero()), "dropped": int(dropped.count_nonzero())}
+        self.version += 1
+        self.apply_()
+        return stats
+
+    # -- invariants ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def check(self, weights: bool = True) -> None:
+        """Raise MaskInvariantError naming the first layer whose count or pruned weights are wrong."""
+        for name, mask in self.masks.items():
+            nnz = int(mask.count_nonzero())
+            if nnz != self.target_nnz[name]:
+                raise MaskInvariantError(
+                    f"layer {name!r}: mask has {nnz} non-zeros, expected exactly {self.target_nnz[name]} "
+                    f"(of {mask.numel()})"
+                )
+            if weights:
+                stray = int(self.weight(name).detach().ne(0).logical_and_(~mask).count_nonzero())
+                if stray:
+                    raise MaskInvariantError(f"layer {name!r}: {stray} pruned weights are not zero")
+
+    def fingerprint(self) -> torch.Tensor:
+        """One int64 per layer that differs between (almost all) different masks: for cross-rank checks."""
+        values = []
+        for mask in self.masks.values():
+            flat = mask.flatten()
+            index = torch.arange(flat.numel(), device=flat.device, dtype=torch.int64)
+            values.append(((index * 2654435761 + 97) % 2147483647 * flat).sum())
+        return torch.stack(values)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "fired": {n: m.detach().cpu().clone() for n, m in self.fired.items()},
+            "grad_masks": {n: m.detach().cpu().clone() for n, m in self.grad_masks.items()},
+            "target_nnz": dict(self.target_nnz),
+            "version": self.version,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = set(state["masks"])
+        if saved != set(self.masks):
+            missing, extra = sorted(set(self.masks) - saved), sorted(saved - set(self.masks))
+            raise ValueError(
+                f"checkpoint masks do not match this model's sparse layers (missing {missing}, unexpected {extra}); "
+                "was it written with other sparsity.include/exclude/dense_* options?"
+            )
+        for name in self.masks:
+            device = self.masks[name].device
+            mask = state["masks"][name]
+            if mask.shape != self.masks[name].shape:
+                raise ValueError(f"checkpoint mask of {name!r} has shape {tuple(mask.shape)}")
+            self.masks[name] = mask.to(device=device, dtype=torch.bool).clone()
+            self.fired[name] = state["fired"][name].to(device=device, dtype=torch.bool).clone()
+        self.grad_masks = {n: m.to(self.masks[n].device, torch.bool) for n, m in state.get("grad_masks", {}).items()}
+        self.target_nnz = {n: int(v) for n, v in state["target_nnz"].items()}
+        self.version = int(state.get("version", 0)) + 1
+
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, positions: torch.Tensor) -> None:
+    """Zero ``optimizer``'s per-element state of ``param`` at ``positions`` (any optimizer)."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for value in state.values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.masked_fill_(positions.to(value.device), 0)

@@ -1,0 +1,125 @@
+"""The update-rule interface, and the drop-and-grow skeleton shared by SET, RigL and variants.
+
+A rule decides which masks come next; the ``Sparsifier`` decides when (the schedule), captures
+the dense gradient for rules that need it, applies the new masks through ``MaskSet.set_masks``
+(zeroed new weights, reset optimizer state) and checks the counts.
+
+Per update step the sparsifier calls, in this order:
+
+1. ``observe(sparsifier, dense_grads)`` every optimizer step if ``observes_every_step``
+   (before the gradients are masked);
+2. ``prepare(sparsifier, drop_fraction, dense_grads)`` on update steps, before the optimizer
+   step, with the dense (not yet masked) gradients;
+3. ``propose(sparsifier, drop_fraction)`` after the optimizer step: the new masks, or ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from sparseforge.sparsity.placement import top_n_mask
+
+GradDict = Mapping[str, torch.Tensor | None]
+
+
+class UpdateRule:
+    name: ClassVar[str] = "base"
+    #: Whether ``prepare`` needs the dense gradient (the sparsifier captures it on update steps).
+    needs_dense_grad: ClassVar[bool] = False
+    #: Whether ``observe`` must see the dense gradient of every step (momentum growth).
+    observes_every_step: ClassVar[bool] = False
+    #: Whether topology changes at all (static: no).
+    changes_topology: ClassVar[bool] = True
+
+    def __init__(self, regrow_dropped: bool = False, **_: Any):
+        self.regrow_dropped = regrow_dropped
+
+    def observe(self, sparsifier, dense_grads: GradDict) -> None:
+        pass
+
+    def prepare(self, sparsifier, drop_fraction: float, dense_grads: GradDict) -> None:
+        pass
+
+    def propose(self, sparsifier, drop_fraction: float) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def to(self, device: torch.device | str) -> None:
+        """Move any tensor state to ``device``."""
+
+
+class DropAndGrow(UpdateRule):
+    """Drop the ``floor(α·n_active)`` smallest |w| of each layer, grow as many by ``grow_scores``.
+
+    Grow candidates are the weights inactive before the update (a weight dropped in this update
+    is not regrown unless ``regrow_dropped``). Counts per layer never change. When candidates do
+    not depend on the drop (the default), the grow choice is made in ``prepare`` and kept as a
+    bool mask, so no dense gradient has to survive the optimizer step.
+    """
+
+    def __init__(self, regrow_dropped: bool = False, **kwargs: Any):
+        super().__init__(regrow_dropped=regrow_dropped, **kwargs)
+        self._grown: dict[str, torch.Tensor] = {}
+        self._scores: dict[str, torch.Tensor] = {}
+        self._n_move: dict[str, int] = {}
+
+    def grow_scores(self, sparsifier, name: str, position: int, dense_grad: torch.Tensor | None) -> torch.Tensor:
+        """Higher = grown first. Only candidates' scores matter; they must be finite."""
+        raise NotImplementedError
+
+    @staticmethod
+    def n_to_move(mask: torch.Tensor, drop_fraction: float, regrow_dropped: bool) -> int:
+        n_active = int(mask.count_nonzero())
+        n = math.floor(drop_fraction * n_active)
+        return n if regrow_dropped else min(n, mask.numel() - n_active)
+
+    @torch.no_grad()
+    def prepare(self, sparsifier, drop_fraction: float, dense_grads: GradDict) -> None:
+        self._grown, self._scores, self._n_move = {}, {}, {}
+        masks = sparsifier.masks
+        for position, name in enumerate(masks):
+            mask = masks[name]
+            n = self.n_to_move(mask, drop_fraction, self.regrow_dropped)
+            self._n_move[name] = n
+            if n == 0:
+                continue
+            scores = self.grow_scores(sparsifier, name, position, dense_grads.get(name))
+            if self.regrow_dropped:  # candidates depend on the drop: decide after the step
+                self._scores[name] = scores
+            else:
+                self._grown[name] = top_n_mask(scores.masked_fill(mask, -math.inf), n)
+
+    @torch.no_grad()
+    def propose(self, sparsifier, drop_fraction: float) -> dict[str, torch.Tensor]:
+        if not self._n_move:
+            if self.needs_dense_grad:
+                raise RuntimeError(
+                    f"the {self.name} rule needs the dense gradient of the update step: call "
+                    "Sparsifier.before_optimizer_step() on that step (or use Sparsifier.update_now(dense_grads=...))"
+                )
+            self.prepare(sparsifier, drop_fraction, {})
+        masks = sparsifier.masks
+        new_masks = {}
+        for name in masks:
+            n = self._n_move.get(name, 0)
+            if n == 0:
+                continue
+            mask = masks[name]
+            drop_scores = masks.weight(name).detach().abs().masked_fill(~mask, math.inf)
+            dropped = top_n_mask(-drop_scores, n)
+            kept = mask & ~dropped
+            if self.regrow_dropped:
+                grown = top_n_mask(self._scores[name].masked_fill(kept, -math.inf), n)
+            else:
+                grown = self._grown[name]
+            new_masks[name] = kept | grown
+        self._grown, self._scores, self._n_move = {}, {}, {}
+        return new_masks

@@ -1,0 +1,25 @@
+"""``set`` (Mocanu et al., 2018): drop the smallest magnitudes, grow uniformly at random.
+
+Random scores come from a generator seeded by (seed, update index, layer position) on the
+weight's device, so every rank draws the same choice and a resumed run draws the same again.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparseforge.sparsity.placement import seeded_generator
+from sparseforge.sparsity.rules.base import DropAndGrow
+
+
+def random_scores(sparsifier, name: str, position: int) -> torch.Tensor:
+    weight = sparsifier.masks.weight(name)
+    g = seeded_generator(sparsifier.seed, sparsifier.updates_done, position, device=weight.device)
+    return torch.rand(weight.shape, generator=g, device=weight.device)
+
+
+class SET(DropAndGrow):
+    name = "set"
+
+    def grow_scores(self, sparsifier, name, position, dense_grad):
+        return random_scores(sparsifier, name, position)
