@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -135,7 +136,9 @@ class SparsityCallback(pl.Callback):
         elif sp.horizon is None:  # a fresh run (a resumed one keeps its saved schedule)
             total = trainer.estimated_stepping_batches
             if not math.isfinite(total):
-                raise ConfigError("trainer.max_epochs", "a sparsity schedule needs a finite run", "max_epochs or max_steps")
+                raise ConfigError(
+                    "trainer.max_epochs", "a sparsity schedule needs a finite run", "max_epochs or max_steps"
+                )
             sp.set_total_steps(int(total))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
@@ -225,8 +228,13 @@ class SparsityCallback(pl.Callback):
                 steps=sp.step,
             )
             if sp.rule.changes_topology:
-                sparsity.update(delta_t=o.delta_t, drop_fraction=o.drop_fraction, drop_schedule=o.drop_schedule,
-                                end_fraction=o.end_fraction, schedule_steps=sp.horizon)
+                sparsity.update(
+                    delta_t=o.delta_t,
+                    drop_fraction=o.drop_fraction,
+                    drop_schedule=o.drop_schedule,
+                    end_fraction=o.end_fraction,
+                    schedule_steps=sp.horizon,
+                )
         section: dict[str, Any] = {"sparsity": sparsity}
         flops = sp.flops
         if flops is not None and flops.dense_total:

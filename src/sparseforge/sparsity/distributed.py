@@ -8,7 +8,7 @@ topologies. ``Sparsifier.check`` then compares per-layer fingerprints across ran
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist

@@ -15,7 +15,7 @@ largest-remainder method, so every layer is within one weight of its target and 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 

@@ -18,7 +18,8 @@ hand them to ``set_masks``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ class MaskSet:
         """In-time over-parameterisation: the fraction of sparse-layer weights ever active."""
         return sum(int(f.count_nonzero()) for f in self.fired.values()) / sum(self.numel(n) for n in self.masks)
 
-    def to(self, device: torch.device | str) -> "MaskSet":
+    def to(self, device: torch.device | str) -> MaskSet:
         for store in (self.masks, self.fired, self.grad_masks):
             for name in store:
                 store[name] = store[name].to(device)

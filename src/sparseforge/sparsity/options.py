@@ -8,8 +8,8 @@ naming ``sparsity.<field>`` and the allowed values, so a bad value is one line b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 from sparseforge.errors import ConfigError
 

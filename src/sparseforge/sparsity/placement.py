@@ -7,7 +7,7 @@ same mask. ``magnitude``: the ``n`` largest |w| of the current weights (one-shot
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -19,7 +19,8 @@ optimizer state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,9 @@ class Sparsifier:
         self.model = model
         self.optimizer = optimizer
         self.seed = options.seed
-        self.schedule = DropSchedule(options.delta_t, options.drop_fraction, options.drop_schedule, options.end_fraction)
+        self.schedule = DropSchedule(
+            options.delta_t, options.drop_fraction, options.drop_schedule, options.end_fraction
+        )
         self.horizon = total_steps
         self.step = 0  # optimizer steps taken, whole run
         self.schedule_start = 0  # step at which the current schedule began (task scope restarts it)
@@ -307,4 +310,3 @@ class Sparsifier:
         """Remove the FLOPs hook from the model."""
         if self.flops is not None:
             self.flops.close()
-

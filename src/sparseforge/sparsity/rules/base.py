@@ -16,7 +16,8 @@ Per update step the sparsifier calls, in this order:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 

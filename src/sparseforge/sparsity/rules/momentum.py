@@ -8,7 +8,8 @@ float buffer per sparse weight and one in-place update per step.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
