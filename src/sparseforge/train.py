@@ -56,6 +56,17 @@ def apply_last(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, value, merge=True)
 
 
+def apply_last(cfg: DictConfig) -> None:
+    """Merge ``cfg.apply_last`` over the config, after every group and preset.
+
+    The debug options put their values there: ``+experiment=X`` is appended after ``debug`` in
+    the defaults list, so a preset's ``scenario.epochs_per_task: 200`` would otherwise beat
+    ``debug=fdr``'s 1.
+    """
+    for key, value in (cfg.get("apply_last") or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+
+
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
@@ -73,6 +84,10 @@ def _precision_for(trainer_cfg: DictConfig) -> Any:
     import torch
 
     precision = trainer_cfg.precision
+    if str(precision) == "auto":  # hardware=auto: mixed precision on a GPU, full precision on the CPU
+        if trainer_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
     if trainer_cfg.accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ConfigError("hardware", "a GPU setting was chosen but no CUDA GPU is visible", "hardware=cpu or ddp_cpu")
@@ -133,8 +148,7 @@ def build(cfg: DictConfig) -> Run:
     if lr_scheduler is not None:
         _check_partial(lr_scheduler, "lr_scheduler", optimizer=probe)
     method = make(cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler)
-    if scenario.task_incremental and not method.supports_task_il:
-        raise ConfigError("method", f"{method.name} cannot be evaluated task-incrementally", "scenario=class_il")
+    method.check_setup(datamodule)  # e.g. task-IL support, buffer size against the data
 
     callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback()]
     if cfg.sparsity.get("_target_"):
