@@ -152,7 +152,10 @@ def build(cfg: DictConfig) -> Run:
 
     callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback()]
     if cfg.sparsity.get("_target_"):
-        callbacks.append(make(cfg.sparsity, "sparsity"))
+        sparsity = make(cfg.sparsity, "sparsity")
+        if hasattr(sparsity, "preflight"):  # model-dependent checks (which layers, their shapes) before any work
+            sparsity.preflight(method)
+        callbacks.append(sparsity)
     callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
