@@ -11,6 +11,7 @@ This module must stay import-light (no torch): it runs on every ``python train.p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -69,6 +70,16 @@ class MultiStepLRConfig:
     _partial_: bool = True
     milestones: List[int] = field(default_factory=list)
     gamma: float = 0.1
+
+
+@dataclass
+class WarmupCosineLRConfig:
+    _target_: str = "sparseforge.utils.lr_schedules.warmup_cosine"
+    _partial_: bool = True
+    warmup: int = 5
+    total: int = 1
+    warmup_start_factor: float = 1e-3
+    eta_min: float = 0.0
 
 
 # -- data and scenario ---------------------------------------------------------------------------
@@ -140,6 +151,110 @@ class SharpMethodConfig:
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+# -- N:M sparsity (configs/sparsity/nm.yaml; see sparseforge.sparsity.nm) --------------------------
+class NMMode(str, Enum):
+    ste = "ste"
+    srste = "srste"
+    mdgf = "mdgf"
+    sdgf = "sdgf"
+
+
+class NMMaskDecay(str, Enum):
+    linear = "linear"
+    exponential = "exponential"
+    step = "step"
+
+
+class NMDecayBackward(str, Enum):
+    ste = "ste"
+    autograd = "autograd"
+
+
+class NMStructureDecay(str, Enum):
+    stepwise = "stepwise"
+    geometric = "geometric"
+
+
+class NMIndivisible(str, Enum):
+    error = "error"
+    dense = "dense"
+
+
+class NMClock(str, Enum):
+    step = "step"
+    epoch = "epoch"
+
+
+@dataclass
+class NMSRSTEOptions:
+    lambda_w: float = 2e-4
+
+
+@dataclass
+class NMMdGfOptions:
+    decay: NMMaskDecay = NMMaskDecay.exponential
+    end_fraction: float = 1.0
+    rate: float = 10.0
+    coef_per_step: Optional[float] = None
+    levels: int = 4
+    backward: NMDecayBackward = NMDecayBackward.ste
+
+
+@dataclass
+class NMSdGfOptions:
+    structure: NMStructureDecay = NMStructureDecay.stepwise
+    finetune_fraction: float = 0.0
+
+
+@dataclass
+class NMSparsityConfig:
+    _target_: str = "sparseforge.lightning.nm_sparsity.NMSparsityCallback"
+    n: int = 2
+    m: int = 4
+    mode: NMMode = NMMode.srste
+    include: Optional[List[str]] = field(default_factory=lambda: ["blocks.*.mlp.fc1", "blocks.*.mlp.fc2"])
+    exclude: Optional[List[str]] = None
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    indivisible: NMIndivisible = NMIndivisible.error
+    clock: NMClock = NMClock.step
+    dense_fraction: float = 0.0
+    srste: NMSRSTEOptions = field(default_factory=NMSRSTEOptions)
+    mdgf: NMMdGfOptions = field(default_factory=NMMdGfOptions)
+    sdgf: NMSdGfOptions = field(default_factory=NMSdGfOptions)
+    export: bool = True
+
+
+# -- sparsity (configs/sparsity/: dense, static, set, rigl) ---------------------------------------
+@dataclass
+class SparsityConfig:
+    """sparseforge.lightning.sparsity_callback.SparsityCallback. Enum-like values (update_rule,
+    distribution, placement, drop_schedule, schedule_scope) and ranges are checked by its
+    constructor, which names the key and the allowed values in one line."""
+
+    _target_: str = "sparseforge.lightning.sparsity_callback.SparsityCallback"
+    update_rule: str = "rigl"  # dense | static | set | rigl | unfired | momentum
+    density: float = 0.1  # non-zeros / weights of the sparse layers
+    distribution: str = "erk"  # uniform | er | erk
+    erk_power_scale: float = 1.0
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    include: Optional[List[str]] = None  # module-name patterns (fnmatch)
+    exclude: Optional[List[str]] = None
+    placement: str = "random"  # random | magnitude
+    delta_t: int = 100  # optimizer steps between topology updates
+    drop_fraction: float = 0.3
+    drop_schedule: str = "cosine"  # constant | cosine | linear
+    end_fraction: float = 0.75
+    schedule_scope: str = "run"  # run | task
+    regrow_dropped: bool = False
+    momentum_decay: float = 0.9
+    seed: int = "${seed}"  # type: ignore[assignment]
+    check_every_update: bool = True
+    plot: bool = True
+    log_layers: bool = True
+
+
 # -- trainer -------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
@@ -175,6 +290,8 @@ def register_schemas() -> None:
         ("optimizer", "adadelta", AdadeltaConfig),
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
+        ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
+        ("sparsity", "nm", NMSparsityConfig),
         ("data", "default", DataConfig),
         ("scenario", "iid", IIDScenarioConfig),
         ("scenario", "class_il", ClassILScenarioConfig),

@@ -1,0 +1,81 @@
+"""N:M masks: keep the N largest |w| in every group of M consecutive weights along the input dimension.
+
+Grouping order (the one 2:4 kernels, cuSPARSELt/CUTLASS and NVIDIA ASP ``m4n2_1d`` use): the
+input dimension (dim 1 of the weight) is made innermost and cut into runs of M.
+
+- ``nn.Linear`` weight (out, in): runs of M consecutive ``in`` entries of one output row, i.e.
+  along the reduction dimension of ``y = x W^T``.
+- ``nn.Conv{1,2,3}d`` weight (K, C, R, S...): viewed as (K, R, S..., C), runs of M consecutive
+  input channels at a fixed (k, r, s). This is ASP's / NHWC layout, not runs over the kernel's
+  spatial positions (which no sparse kernel can use).
+
+Ties are broken by position: a stable sort keeps the lower index first, so the mask is a pure
+function of the weight values and every DDP rank computes the same one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def input_innermost(weight: torch.Tensor) -> torch.Tensor:
+    """The weight with its input dimension (dim 1) moved last: (out, ..., in)."""
+    return weight.movedim(1, -1)
+
+
+def from_input_innermost(tensor: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`input_innermost`."""
+    return tensor.movedim(-1, 1)
+
+
+def input_dim(weight: torch.Tensor) -> int:
+    """Length of the dimension the groups run along (in_features, or input channels per group)."""
+    return weight.shape[1]
+
+
+@torch.no_grad()
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask, same shape as ``weight``, with exactly ``n`` True in every group of ``m``.
+
+    Computed from ``weight`` as given (pass the fp32 master weight, not an autocast copy: the
+    ranking of magnitudes can change when values are rounded).
+    """
+    if not 0 < n <= m:
+        raise ValueError(f"N:M needs 0 < N <= M, got {n}:{m}")
+    w = input_innermost(weight.detach())
+    if w.shape[-1] % m:
+        raise ValueError(f"input dimension {w.shape[-1]} is not divisible by M={m}")
+    groups = w.abs().reshape(-1, m)
+    keep_idx = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device).scatter_(1, keep_idx, True)
+    return from_input_innermost(keep.reshape(w.shape))
+
+
+def group_counts(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """Number of nonzero entries in every group of ``m`` (the N:M grouping), as a 1-D tensor."""
+    w = input_innermost(tensor)
+    if w.shape[-1] % m:
+        raise ValueError(f"input dimension {w.shape[-1]} is not divisible by M={m}")
+    return (w.reshape(-1, m) != 0).sum(dim=1)
+
+
+def satisfies_nm(tensor: torch.Tensor, n: int, m: int) -> bool:
+    """Whether every group of ``m`` holds at most ``n`` nonzeros."""
+    return bool((group_counts(tensor, m) <= n).all())
+
+
+def is_2to4_pattern(n: int, m: int) -> bool:
+    """Whether every N:M mask of this pattern is also 2:4 along the same (input) dimension.
+
+    True for 2:4, 1:2, 1:4 and for N <= 2 with M a multiple of 4 (1:8, 1:16, 1:32, 2:8): an
+    aligned group of 4 then lies inside one group of M and can hold at most N <= 2 nonzeros.
+    3:4, 4:8 and the intermediate SdGf stages such as 7:8 or 8:64 are not.
+    """
+    if m % 4 == 0:
+        return n <= 2
+    return 4 % m == 0 and n * (4 // m) <= 2
+
+
+def satisfies_2to4(tensor: torch.Tensor) -> bool:
+    """Whether the tensor itself is 2:4 along its input dimension (what the sparse kernels need)."""
+    return input_dim(tensor) % 4 == 0 and satisfies_nm(tensor, 2, 4)

@@ -1,0 +1,110 @@
+"""The N:M weight of one layer: a ``torch.nn.utils.parametrize`` parametrization.
+
+Why a parametrization: ``layer.weight`` becomes ``NMWeight(original)`` and is recomputed from the
+dense fp32 weight (``parametrizations.weight.original``, the optimizer's parameter) on every
+access, so the mask is recomputed on every forward pass with no change to the model's code (timm
+ViTs, ResNets, MLPs alike), there is no mask to keep in sync with the weights, and the forward
+and backward rules live in one autograd Function. Dense weights stay in the optimizer: under the
+straight-through estimator pruned weights keep receiving gradients and can grow back.
+
+The schedule position ``(clock, total)`` is kept in two buffers of this module, so it is part of
+the model's ``state_dict`` (checkpoints, EMA copies, every DDP rank) and never threaded through
+``forward`` arguments (the official code's silent-dense-fallback trap). A Python mirror of the
+two buffers avoids a device sync per layer per forward; loading a state dict refreshes it.
+
+Biases are not touched: they are separate parameters and stay dense and trainable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparseforge.sparsity.nm.mask import nm_mask
+from sparseforge.sparsity.nm.schedule import NMSchedule, Phase
+
+
+class _NMMaskedWeight(torch.autograd.Function):
+    """Forward ``w * (keep + (1 - keep) * alpha)``; backward per the training mode.
+
+    - straight-through (STE, SR-STE, SdGf, MdGf default): dL/dw = dL/dw~ for every weight;
+    - ``exact_grad`` (MdGf autograd variant): dL/dw = dL/dw~ * (keep + (1 - keep) * alpha);
+    - ``sr_lambda`` > 0 (SR-STE): + sr_lambda * (1 - keep) * w, added to the gradient itself (as
+      the baseline does), so it goes through the optimizer, its moments and gradient clipping.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, keep, alpha: float, sr_lambda: float, exact_grad: bool):
+        scale = keep.to(weight.dtype) if alpha == 0.0 else torch.where(keep, 1.0, alpha).to(weight.dtype)
+        ctx.alpha, ctx.sr_lambda, ctx.exact_grad = alpha, sr_lambda, exact_grad
+        ctx.save_for_backward(keep, weight if sr_lambda else None)
+        return weight * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep, weight = ctx.saved_tensors
+        if ctx.exact_grad:
+            grad = grad * (
+                keep.to(grad.dtype) if ctx.alpha == 0.0 else torch.where(keep, 1.0, ctx.alpha).to(grad.dtype)
+            )
+        if ctx.sr_lambda:
+            grad = grad + ctx.sr_lambda * (~keep).to(weight.dtype) * weight
+        return grad, None, None, None, None
+
+
+class NMWeight(nn.Module):
+    """Parametrization: dense weight -> effective N:M weight for the current schedule phase.
+
+    In training mode the phase is the scheduled one (dense warm-up, soft MdGf mask, SdGf stage).
+    In eval mode the mask is always binary (alpha = 0): evaluation and export see a true N:M
+    model, never the soft mask (the official code evaluates on whatever alpha training left).
+    """
+
+    def __init__(self, schedule: NMSchedule):
+        super().__init__()
+        self.schedule = schedule
+        self.register_buffer("clock", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total", torch.zeros((), dtype=torch.long))
+        self._position: tuple[int, int] | None = (0, 0)
+
+    # -- schedule position ----------------------------------------------------------------------
+    def set_position(self, clock: int, total: int) -> None:
+        self.clock.fill_(int(clock))
+        self.total.fill_(int(total))
+        self._position = (int(clock), int(total))
+
+    def position(self) -> tuple[int, int]:
+        if self._position is None:  # after load_state_dict: read the restored buffers once
+            self._position = (int(self.clock), int(self.total))
+        return self._position
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._position = None
+
+    def phase(self, hard: bool | None = None) -> Phase:
+        """The current phase; ``hard`` defaults to ``not self.training``."""
+        hard = (not self.training) if hard is None else hard
+        clock, total = self.position()
+        if total <= 0:
+            if self.training:
+                raise RuntimeError(
+                    "N:M schedule position was never set: call NMSparsifier.set_position(step, total) "
+                    "before training (the Lightning NMSparsityCallback does it every batch)"
+                )
+            return self.schedule.final_phase()  # an untrained, unscheduled model is evaluated at its target N:M
+        return self.schedule.phase(clock, total, hard=hard)
+
+    # -- the parametrization --------------------------------------------------------------------
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        phase = self.phase()
+        if phase.dense:
+            return weight
+        keep = nm_mask(weight, phase.n, phase.m)
+        schedule = self.schedule
+        sr_lambda = schedule.srste_lambda if schedule.mode == "srste" else 0.0
+        exact_grad = schedule.mode == "mdgf" and schedule.decay_backward == "autograd"
+        return _NMMaskedWeight.apply(weight, keep, phase.alpha, sr_lambda, exact_grad)
+
+    def extra_repr(self) -> str:
+        return f"target={self.schedule.pattern}, mode={self.schedule.mode}"
