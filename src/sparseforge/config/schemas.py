@@ -116,12 +116,25 @@ class TaskILScenarioConfig(ClassILScenarioConfig):
 
 
 @dataclass
+class BlurryScenarioConfig:
+    _target_: str = "sparseforge.continual.scenarios.Blurry"
+    class_per_episode: int = 3
+    p_novelty: float = 0.3
+    p_sample: float = 1.0
+    epochs_per_task: int = 1
+    order_seed: Optional[int] = None
+
+
+@dataclass
 class TaskLoopConfig:
     _target_: str = "sparseforge.lightning.continual_loop.ContinualLoop"
     eval_batch_size: int = "${data.eval_batch_size}"  # type: ignore[assignment]
     eval_limit_batches: Optional[int] = None
     eval_every_n_epochs: Optional[int] = None
     reset_optimizer_per_task: bool = True
+    forward_transfer: bool = False  # also evaluate the untrained model and the next task (FWT)
+    keep_task_checkpoints: bool = False  # checkpoints/task_<t>.ckpt after every task, besides last.ckpt
+    heatmap: bool = True  # acc_matrix.png in the run directory
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -149,6 +162,149 @@ class SharpMethodConfig:
     augment: bool = False
     l2: float = 0.0
     seed: int = "${seed}"  # type: ignore[assignment]
+
+
+# -- N:M sparsity (configs/sparsity/nm.yaml; see sparseforge.sparsity.nm) --------------------------
+class NMMode(str, Enum):
+    ste = "ste"
+    srste = "srste"
+    mdgf = "mdgf"
+    sdgf = "sdgf"
+
+
+class NMMaskDecay(str, Enum):
+    linear = "linear"
+    exponential = "exponential"
+    step = "step"
+
+
+class NMDecayBackward(str, Enum):
+    ste = "ste"
+    autograd = "autograd"
+
+
+class NMStructureDecay(str, Enum):
+    stepwise = "stepwise"
+    geometric = "geometric"
+
+
+class NMIndivisible(str, Enum):
+    error = "error"
+    dense = "dense"
+
+
+class NMClock(str, Enum):
+    step = "step"
+    epoch = "epoch"
+
+
+@dataclass
+class NMSRSTEOptions:
+    lambda_w: float = 2e-4
+
+
+@dataclass
+class NMMdGfOptions:
+    decay: NMMaskDecay = NMMaskDecay.exponential
+    end_fraction: float = 1.0
+    rate: float = 10.0
+    coef_per_step: Optional[float] = None
+    levels: int = 4
+    backward: NMDecayBackward = NMDecayBackward.ste
+
+
+@dataclass
+class NMSdGfOptions:
+    structure: NMStructureDecay = NMStructureDecay.stepwise
+    finetune_fraction: float = 0.0
+
+
+@dataclass
+class NMSparsityConfig:
+    _target_: str = "sparseforge.lightning.nm_sparsity.NMSparsityCallback"
+    n: int = 2
+    m: int = 4
+    mode: NMMode = NMMode.srste
+    include: Optional[List[str]] = field(default_factory=lambda: ["blocks.*.mlp.fc1", "blocks.*.mlp.fc2"])
+    exclude: Optional[List[str]] = None
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    indivisible: NMIndivisible = NMIndivisible.error
+    clock: NMClock = NMClock.step
+    dense_fraction: float = 0.0
+    srste: NMSRSTEOptions = field(default_factory=NMSRSTEOptions)
+    mdgf: NMMdGfOptions = field(default_factory=NMMdGfOptions)
+    sdgf: NMSdGfOptions = field(default_factory=NMSdGfOptions)
+    export: bool = True
+
+
+# -- sparsity (configs/sparsity/: dense, static, set, rigl) ---------------------------------------
+@dataclass
+class SparsityConfig:
+    """sparseforge.lightning.sparsity_callback.SparsityCallback. Enum-like values (update_rule,
+    distribution, placement, drop_schedule, schedule_scope) and ranges are checked by its
+    constructor, which names the key and the allowed values in one line."""
+
+    _target_: str = "sparseforge.lightning.sparsity_callback.SparsityCallback"
+    update_rule: str = "rigl"  # dense | static | set | rigl | unfired | momentum
+    density: float = 0.1  # non-zeros / weights of the sparse layers
+    distribution: str = "erk"  # uniform | er | erk
+    erk_power_scale: float = 1.0
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    include: Optional[List[str]] = None  # module-name patterns (fnmatch)
+    exclude: Optional[List[str]] = None
+    placement: str = "random"  # random | magnitude
+    delta_t: int = 100  # optimizer steps between topology updates
+    drop_fraction: float = 0.3
+    drop_schedule: str = "cosine"  # constant | cosine | linear
+    end_fraction: float = 0.75
+    schedule_scope: str = "run"  # run | task
+    regrow_dropped: bool = False
+    momentum_decay: float = 0.9
+    seed: int = "${seed}"  # type: ignore[assignment]
+    check_every_update: bool = True
+    plot: bool = True
+    log_layers: bool = True
+
+
+# -- continual-learning baselines (configs/method/) ----------------------------------------------
+class BufferPolicy(str, Enum):
+    reservoir = "reservoir"
+    class_balanced = "class_balanced"
+
+
+@dataclass
+class FinetuneMethodConfig:
+    _target_: str = "sparseforge.methods.Finetune"
+    lr_scheduler_interval: str = "epoch"
+
+
+@dataclass
+class JointMethodConfig(FinetuneMethodConfig):
+    _target_: str = "sparseforge.methods.Joint"
+
+
+@dataclass
+class ERMethodConfig(FinetuneMethodConfig):
+    _target_: str = "sparseforge.methods.ER"
+    buffer_size: int = 500
+    minibatch_size: int = "${data.batch_size}"  # type: ignore[assignment]
+    buffer_policy: BufferPolicy = BufferPolicy.reservoir
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class DERMethodConfig(ERMethodConfig):
+    _target_: str = "sparseforge.methods.DER"
+    alpha: float = 0.3
+
+
+@dataclass
+class DERPPMethodConfig(DERMethodConfig):
+    _target_: str = "sparseforge.methods.DERPP"
+    alpha: float = 0.2
+    beta: float = 0.5
 
 
 # -- N:M sparsity (configs/sparsity/nm.yaml; see sparseforge.sparsity.nm) --------------------------
@@ -296,6 +452,12 @@ def register_schemas() -> None:
         ("scenario", "iid", IIDScenarioConfig),
         ("scenario", "class_il", ClassILScenarioConfig),
         ("scenario", "task_il", TaskILScenarioConfig),
+        ("scenario", "blurry", BlurryScenarioConfig),
+        ("method", "finetune", FinetuneMethodConfig),
+        ("method", "joint", JointMethodConfig),
+        ("method", "er", ERMethodConfig),
+        ("method", "der", DERMethodConfig),
+        ("method", "derpp", DERPPMethodConfig),
         ("task_loop", "default", TaskLoopConfig),
         ("method", "sharp", SharpMethodConfig),
         ("trainer", "default", TrainerConfig),

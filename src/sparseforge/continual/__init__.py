@@ -1,5 +1,6 @@
 """Continual-learning core in plain PyTorch: scenarios, replay buffer, evaluation and metrics."""
 
-from sparseforge.continual.scenarios import IID, ClassIncremental, Scenario, Task, TaskIncremental
+from sparseforge.continual.buffer import ReplayBuffer
+from sparseforge.continual.scenarios import IID, Blurry, ClassIncremental, Scenario, Task, TaskIncremental
 
-__all__ = ["IID", "ClassIncremental", "Scenario", "Task", "TaskIncremental"]
+__all__ = ["IID", "Blurry", "ClassIncremental", "ReplayBuffer", "Scenario", "Task", "TaskIncremental"]

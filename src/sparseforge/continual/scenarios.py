@@ -28,6 +28,9 @@ class Scenario:
     name = "base"
     #: Whether evaluation is given the task id (logits masked to the task's classes).
     task_incremental = False
+    #: Whether task-IL accuracy means anything: tasks own disjoint classes and a task's test set
+    #: holds only its own classes. False for overlapping tasks (blurry).
+    has_task_il = True
 
     def __init__(self, epochs_per_task: int = 1):
         if int(epochs_per_task) < 1:
@@ -131,3 +134,108 @@ class TaskIncremental(ClassIncremental):
 
     name = "task_il"
     task_incremental = True
+
+
+class Blurry(Scenario):
+    """Blurry task boundaries, exactly as SHARP's noisy launcher builds them (Gurbuz et al. 2023).
+
+    With ``k = class_per_episode``:
+
+    1. Episode 0 takes ``k`` distinct classes drawn uniformly from all classes.
+    2. Every later episode has ``k`` slots, filled one after another. A slot takes an unseen class
+       (drawn uniformly from the unseen ones) with probability ``p_novelty`` while unseen classes
+       remain; otherwise it takes a class drawn uniformly from the already-seen classes that are
+       not yet in this episode. A class drawn as new counts as seen from then on.
+    3. Episodes continue until every class has been seen, so the number of tasks is random (fixed
+       by the seed) and the last episode is the one that introduces the last unseen class.
+    4. For every class of an episode, a fresh uniform random subset of ``floor(p_sample * n_c)``
+       of its ``n_c`` training images is used (``p_sample = 1``: all of them, so a class that
+       recurs brings back the same images).
+    5. The test set of episode ``e`` is the whole test split of every class seen up to and
+       including episode ``e``. Hence ``R[t][j]`` is the accuracy on all classes seen by episode
+       ``j``, after training episode ``t``, and ``R[t][t]`` on all classes seen so far.
+
+    Classes recur across episodes, so there is no task-IL evaluation (``has_task_il = False``).
+    Draws come from one torch generator seeded by ``order_seed`` (or the run seed), and labels are
+    tensors for every dataset, so unlike the reference code it works on CIFAR (whose torchvision
+    targets are a Python list) as well as on the MNIST-likes.
+    """
+
+    name = "blurry"
+    has_task_il = False
+
+    def __init__(
+        self,
+        class_per_episode: int = 3,
+        p_novelty: float = 0.3,
+        p_sample: float = 1.0,
+        epochs_per_task: int = 1,
+        order_seed: int | None = None,
+    ):
+        super().__init__(epochs_per_task)
+        if int(class_per_episode) < 1:
+            raise ConfigError("scenario.class_per_episode", f"must be >= 1, got {class_per_episode}")
+        # p_novelty = 0 would never introduce the remaining classes: the stream would not end.
+        if not 0.0 < float(p_novelty) <= 1.0:
+            raise ConfigError("scenario.p_novelty", f"must be in (0, 1], got {p_novelty}")
+        if not 0.0 < float(p_sample) <= 1.0:
+            raise ConfigError("scenario.p_sample", f"must be in (0, 1], got {p_sample}")
+        self.class_per_episode = int(class_per_episode)
+        self.p_novelty = float(p_novelty)
+        self.p_sample = float(p_sample)
+        self.order_seed = order_seed
+
+    def episode_classes(self, num_classes: int, g: torch.Generator) -> list[list[int]]:
+        """The class list of every episode (steps 1-3 of the definition)."""
+        k = self.class_per_episode
+        if k > num_classes:
+            raise ConfigError(
+                "scenario.class_per_episode", f"{k} is more than the dataset's {num_classes} classes", f"1..{num_classes}"
+            )
+
+        def pick(pool: list[int]) -> int:
+            return pool[int(torch.randint(len(pool), (1,), generator=g))]
+
+        unseen = list(range(num_classes))
+        first = [unseen[i] for i in torch.randperm(num_classes, generator=g)[:k].tolist()]
+        seen = list(first)
+        unseen = [c for c in unseen if c not in first]
+        episodes = [first]
+        while unseen:
+            episode: list[int] = []
+            for _ in range(k):
+                # One uniform draw per slot, as in the reference: novelty when u <= p_novelty.
+                novel = float(torch.rand((), generator=g)) <= self.p_novelty
+                if unseen and novel:
+                    c = pick(unseen)
+                    unseen.remove(c)
+                    seen.append(c)
+                else:
+                    c = pick([s for s in seen if s not in episode])
+                episode.append(c)
+            episodes.append(episode)
+        return episodes
+
+    def build(self, train_y, test_y, num_classes, seed):
+        g = torch.Generator().manual_seed(self.order_seed if self.order_seed is not None else seed)
+        tasks, seen = [], []
+        for t, classes in enumerate(self.episode_classes(num_classes, g)):
+            parts = []
+            for c in classes:
+                members = _index_of_classes(train_y, [c])
+                n = int(len(members) * self.p_sample)
+                if n < 1:
+                    raise ConfigError(
+                        "scenario.p_sample", f"{self.p_sample} leaves class {c} ({len(members)} images) with no image"
+                    )
+                parts.append(members[torch.randperm(len(members), generator=g)[:n]])
+            seen += [c for c in classes if c not in seen]
+            train_index = torch.cat(parts).sort().values
+            tasks.append(Task(t, tuple(classes), train_index, _index_of_classes(test_y, seen)))
+        return tasks
+
+    def describe(self, tasks: Sequence[Task]) -> str:
+        return (
+            f"blurry: {len(tasks)} episodes of {self.class_per_episode} classes "
+            f"(p_novelty {self.p_novelty}, p_sample {self.p_sample}) x {self.epochs_per_task} epoch(s)"
+        )

@@ -3,20 +3,26 @@
 Task ``t`` owns epochs ``[t*E, (t+1)*E)`` (``E = scenario.epochs_per_task``); the datamodule
 serves that task's data. At a task's first epoch the callback calls ``begin_task`` and gives the
 method a fresh optimizer (as Mammoth and SparCL do); after its last epoch it calls ``end_task``
-and evaluates every task seen so far, filling row ``t`` of the accuracy matrix.
+and evaluates every task seen so far, filling row ``t`` of the accuracy matrix (and, with
+``forward_transfer``, the next task too, for FWT).
 
 Because ModelCheckpoint runs after this callback, the checkpoint written at a task's last epoch
-already holds the finished task, so a run killed at any point resumes exactly from the last
-epoch boundary (see also ``RNGStateCallback``).
+already holds the finished task. Everything a later epoch depends on is in the checkpoint (model,
+optimizer, method state such as the replay buffer, masks, this loop's matrix, every RNG state)
+and the data order is a function of (seed, epoch), so a run killed at any point and resumed from
+the last epoch boundary ends with the same accuracy matrix as an uninterrupted run.
+
+Logging: ``task`` is the W&B x-axis of every ``cl/*`` metric (``define_metric``); at the end R
+is logged as a W&B table and drawn as a heat map ``acc_matrix.png`` in the run directory.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 from sparseforge.continual import metrics
 from sparseforge.continual.evaluation import evaluate_tasks
@@ -29,32 +35,50 @@ class ContinualLoop(pl.Callback):
         eval_limit_batches: int | None = None,
         eval_every_n_epochs: int | None = None,
         reset_optimizer_per_task: bool = True,
+        forward_transfer: bool = False,
+        keep_task_checkpoints: bool = False,
+        heatmap: bool = True,
     ):
         self.eval_batch_size = eval_batch_size
         self.eval_limit_batches = eval_limit_batches
         self.eval_every_n_epochs = eval_every_n_epochs
         self.reset_optimizer_per_task = reset_optimizer_per_task
+        self.forward_transfer = forward_transfer
+        self.keep_task_checkpoints = keep_task_checkpoints
+        self.heatmap = heatmap
         self.acc: list[list[float | None]] = []  # class-IL accuracy matrix R[t][j]
         self.acc_task_il: list[list[float | None]] = []
+        self.initial_acc: list[float] | None = None  # accuracy of the untrained model (FWT baseline)
         self.completed_tasks = 0
         self.partial_last_task = False
         self.eval_seconds = 0.0
+        self._fit_seconds_before = 0.0  # fit time of earlier processes of this run (resumes)
+        self._fit_started: float | None = None
         self._active_task: int | None = None  # in memory only: which task this process has begun
 
     # -- state ---------------------------------------------------------------------------------------
+    @property
+    def fit_seconds(self) -> float:
+        running = time.perf_counter() - self._fit_started if self._fit_started is not None else 0.0
+        return self._fit_seconds_before + running
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "acc": self.acc,
             "acc_task_il": self.acc_task_il,
+            "initial_acc": self.initial_acc,
             "completed_tasks": self.completed_tasks,
             "eval_seconds": self.eval_seconds,
+            "fit_seconds": self.fit_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.acc = state["acc"]
         self.acc_task_il = state["acc_task_il"]
+        self.initial_acc = state.get("initial_acc")
         self.completed_tasks = state["completed_tasks"]
         self.eval_seconds = state.get("eval_seconds", 0.0)
+        self._fit_seconds_before = state.get("fit_seconds", 0.0)
 
     # -- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -64,6 +88,16 @@ class ContinualLoop(pl.Callback):
             n = dm.n_tasks
             self.acc = [[None] * n for _ in range(n)]
             self.acc_task_il = [[None] * n for _ in range(n)]
+        if trainer.is_global_zero:
+            for logger in _wandb_loggers(trainer):
+                logger.experiment.define_metric("task")
+                logger.experiment.define_metric("cl/*", step_metric="task")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._fit_started = time.perf_counter()
+        if self.forward_transfer and self.initial_acc is None and self.completed_tasks == 0:
+            # FWT compares R[j-1][j] with the untrained model's accuracy on task j.
+            self.initial_acc = self._evaluate(trainer, pl_module, trainer.datamodule.tasks)["class_il"]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -85,9 +119,11 @@ class ContinualLoop(pl.Callback):
         k = dm.epoch_in_task(epoch) + 1
         if k == dm.scenario.epochs_per_task:
             self._finish_task(trainer, pl_module, t)
+            if self.keep_task_checkpoints:
+                trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / f"task_{t}.ckpt")
         elif self.eval_every_n_epochs and k % self.eval_every_n_epochs == 0:
             # An intermediate check of the tasks seen so far; it does not enter the matrix.
-            result = self._evaluate(trainer, pl_module, t)
+            result = self._evaluate(trainer, pl_module, dm.tasks[: t + 1])
             pl_module.log("val/avg_acc", sum(result["class_il"]) / (t + 1), rank_zero_only=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -95,18 +131,25 @@ class ContinualLoop(pl.Callback):
         if self._active_task is not None and self._active_task >= self.completed_tasks:
             self.partial_last_task = True
             self._finish_task(trainer, pl_module, self._active_task, in_loop=False)
+        if self._fit_started is not None:
+            self._fit_seconds_before = self.fit_seconds
+            self._fit_started = None
+        if trainer.is_global_zero and self.completed_tasks:
+            self._report_matrix(trainer)
 
     # -- internals ------------------------------------------------------------------------------------
     def _finish_task(self, trainer: pl.Trainer, pl_module, t: int, in_loop: bool = True) -> None:
         dm = trainer.datamodule
         pl_module.end_task(dm.tasks[t])
-        result = self._evaluate(trainer, pl_module, t)
-        self.acc[t][: t + 1] = result["class_il"]
-        self.acc_task_il[t][: t + 1] = result["task_il"]
+        upto = t + 2 if self.forward_transfer else t + 1
+        result = self._evaluate(trainer, pl_module, dm.tasks[:upto])
+        self.acc[t][: len(result["class_il"])] = result["class_il"]
+        if dm.scenario.has_task_il:
+            self.acc_task_il[t][: len(result["task_il"])] = result["task_il"]
         self.completed_tasks = t + 1
-        self._log_task(pl_module, t, in_loop)
+        self._log_task(trainer, pl_module, t, in_loop)
 
-    def _evaluate(self, trainer: pl.Trainer, pl_module, t: int) -> dict[str, list[float]]:
+    def _evaluate(self, trainer: pl.Trainer, pl_module, tasks) -> dict[str, list[float]]:
         dm = trainer.datamodule
         start = time.perf_counter()
         was_training = pl_module.training
@@ -116,7 +159,7 @@ class ContinualLoop(pl.Callback):
                 pl_module.predict_scores,
                 dm.preprocess_eval,
                 dm.test_data,
-                dm.tasks[: t + 1],
+                tasks,
                 pl_module.device,
                 batch_size=self.eval_batch_size,
                 limit_batches=self.eval_limit_batches,
@@ -125,19 +168,40 @@ class ContinualLoop(pl.Callback):
         self.eval_seconds += time.perf_counter() - start
         return result
 
-    def _log_task(self, pl_module, t: int, in_loop: bool) -> None:
+    def _log_task(self, trainer: pl.Trainer, pl_module, t: int, in_loop: bool) -> None:
         values = {"task": float(t), "cl/avg_acc": metrics.average_accuracy(self.acc)}
-        values["cl/avg_acc_task_il"] = metrics.average_accuracy(self.acc_task_il)
+        if trainer.datamodule.scenario.has_task_il:
+            values["cl/avg_acc_task_il"] = metrics.average_accuracy(self.acc_task_il)
         for j in range(t + 1):
             values[f"cl/acc_task_{j}"] = self.acc[t][j]
-        f = metrics.forgetting(self.acc)
-        if f is not None:
-            values["cl/forgetting"] = f
+        for key, value in (
+            ("cl/forgetting", metrics.forgetting(self.acc)),
+            ("cl/bwt", metrics.backward_transfer(self.acc)),
+            ("cl/fwt", metrics.forward_transfer(self.acc, self.initial_acc) if self.initial_acc else None),
+        ):
+            if value is not None:
+                values[key] = value
         if in_loop:
             pl_module.log_dict(values, rank_zero_only=True)
-        elif pl_module.trainer.is_global_zero:  # on_train_end may not self.log: use the loggers
-            for logger in pl_module.trainer.loggers:
-                logger.log_metrics(values, step=pl_module.trainer.global_step)
+        elif trainer.is_global_zero:  # on_train_end may not self.log: use the loggers
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
+    def _report_matrix(self, trainer: pl.Trainer) -> None:
+        n = len(self.acc)
+        rows = [[t, *self.acc[t]] for t in range(self.completed_tasks)]
+        for logger in _wandb_loggers(trainer):
+            logger.log_table(key="cl/acc_matrix", columns=["after_task", *[f"task_{j}" for j in range(n)]], data=rows)
+        if self.heatmap:
+            from sparseforge.continual.plots import save_accuracy_heatmap
+
+            path = save_accuracy_heatmap(
+                self.acc[: self.completed_tasks],
+                Path(trainer.default_root_dir) / "acc_matrix.png",
+                title=f"{trainer.datamodule.scenario.name}: class-IL accuracy R[t][j]",
+            )
+            for logger in _wandb_loggers(trainer):
+                logger.log_image(key="cl/acc_matrix_heatmap", images=[str(path)])
 
     # -- results -------------------------------------------------------------------------------------
     def summary_section(self, trainer: pl.Trainer) -> dict[str, Any]:
@@ -145,23 +209,38 @@ class ContinualLoop(pl.Callback):
             return {}
         dm = trainer.datamodule
         R = self.acc
+        fit_seconds = self.fit_seconds
         cl = {
             "scenario": dm.scenario.name,
             "n_tasks": dm.n_tasks,
+            "task_classes": [list(task.classes) for task in dm.tasks],
             "completed_tasks": self.completed_tasks,
             "partial_last_task": self.partial_last_task,
             "acc_matrix": R,
-            "acc_matrix_task_il": self.acc_task_il,
             "avg_acc": metrics.average_accuracy(R),
-            "avg_acc_task_il": metrics.average_accuracy(self.acc_task_il),
             "forgetting": metrics.forgetting(R),
             "bwt": metrics.backward_transfer(R),
+            "fwt": metrics.forward_transfer(R, self.initial_acc) if self.initial_acc else None,
+            "initial_acc": self.initial_acc,
             "eval_seconds": self.eval_seconds,
+            "fit_seconds": fit_seconds,
+            "eval_share": self.eval_seconds / fit_seconds if fit_seconds > 0 else None,
         }
+        if dm.scenario.has_task_il:
+            cl["acc_matrix_task_il"] = self.acc_task_il
+            cl["avg_acc_task_il"] = metrics.average_accuracy(self.acc_task_il)
+        else:  # blurry: R[t][t] is the accuracy on every class seen up to task t
+            cl["acc_seen_classes"] = [R[t][t] for t in range(self.completed_tasks)]
         final = {"test/acc": cl["avg_acc"]}
-        if dm.scenario.name != "iid":
+        if dm.scenario.has_task_il and dm.scenario.name != "iid":
             final["test/acc_task_il"] = cl["avg_acc_task_il"]
             if dm.scenario.task_incremental:
                 final["test/acc"] = cl["avg_acc_task_il"]
                 final["test/acc_class_il"] = cl["avg_acc"]
         return {"cl": cl, "metrics": final}
+
+
+def _wandb_loggers(trainer: pl.Trainer) -> list:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
