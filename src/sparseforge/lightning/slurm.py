@@ -18,7 +18,9 @@ def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1"
     """
     signum = getattr(signal, str(requeue_signal), None)
     if not isinstance(signum, signal.Signals) or not str(requeue_signal).startswith("SIG"):
-        raise ConfigError("slurm_environment.requeue_signal", f"unknown signal {requeue_signal!r}", "SIGUSR1, SIGUSR2, ...")
+        raise ConfigError(
+            "slurm_environment.requeue_signal", f"unknown signal {requeue_signal!r}", "SIGUSR1, SIGUSR2, ..."
+        )
     if not SLURMEnvironment.detect():
         return None
     return SLURMEnvironment(auto_requeue=bool(auto_requeue), requeue_signal=signum)

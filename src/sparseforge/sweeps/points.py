@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # Overrides (by key, or key prefix before a ".") that are left out of a point's identity:
 # naming, resuming, logging, printing, paths and the sweeper itself. Everything else, including

@@ -1,0 +1,357 @@
+"""``sparseforge-aggregate <sweep dir>``: one table from every summary.json of a sweep.
+
+Runs are grouped by their overrides (``.hydra/overrides.yaml``) with the seed left out, so each
+row is one sweep point averaged over seeds: mean ± sample standard deviation (n-1) and n. It
+prints a Markdown table, writes ``aggregate.csv`` and plots (accuracy vs density, accuracy vs
+training FLOPs, CL metrics) next to it. Needs no W&B; ``--wandb entity/project`` reads runs from
+W&B instead when it is online.
+
+Only runs whose status is "completed" count; the others are listed by status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparseforge.errors import SparseforgeError
+from sparseforge.sweeps.points import NOT_PART_OF_POINT, SEED_KEY, override_key, point_overrides
+
+# summary.json sections flattened into "<section>.<key>" columns (numbers only, one level)
+SECTIONS = ("sparsity", "flops", "cl", "replay")
+DENSITY = "sparsity.density"
+TRAIN_FLOPS = "flops.train_relative_to_dense"
+CL_COLUMNS = ("cl.avg_acc", "cl.forgetting", "cl.bwt")
+
+
+class AggregateError(SparseforgeError):
+    pass
+
+
+@dataclass
+class RunRecord:
+    run_dir: str
+    status: str
+    point: dict[str, str]  # override key -> value, seed and non-result keys left out
+    values: dict[str, float]
+
+
+@dataclass
+class Group:
+    point: dict[str, str]
+    runs: list[RunRecord] = field(default_factory=list)
+
+    def column(self, name: str) -> list[float]:
+        return [r.values[name] for r in self.runs if name in r.values]
+
+    def stats(self, name: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std, n) of a column; std is None for fewer than two runs."""
+        xs = self.column(name)
+        if not xs:
+            return None, None, 0
+        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def flat_values(summary: dict[str, Any]) -> dict[str, float]:
+    """Numeric results of a summary: metrics as they are named, sections as ``section.key``."""
+    values = {}
+    for key, value in (summary.get("metrics") or {}).items():
+        if (number := _number(value)) is not None:
+            values[key] = number
+    for section in SECTIONS:
+        for key, value in (summary.get(section) or {}).items() if isinstance(summary.get(section), dict) else ():
+            if (number := _number(value)) is not None:
+                values[f"{section}.{key}"] = number
+    if (number := _number(summary.get("wall_time_s"))) is not None:
+        values["wall_time_s"] = number
+    return values
+
+
+def point_of(overrides: Iterable[str], ignore: Iterable[str] = ()) -> dict[str, str]:
+    kept = point_overrides(overrides, (*NOT_PART_OF_POINT, SEED_KEY, *ignore))
+    return {override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in kept}
+
+
+def _read_overrides(run_dir: Path) -> list[str] | None:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def load_runs(sweep_dir: str | Path, ignore: Iterable[str] = ()) -> list[RunRecord]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise AggregateError(f"no such sweep directory: {sweep_dir}")
+    records = []
+    for path in sorted(sweep_dir.rglob("summary.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"warning: skipping unreadable {path}: {exc}", file=sys.stderr)
+            continue
+        overrides = _read_overrides(path.parent)
+        if overrides is None:  # not started by Hydra: the run is its own group
+            point = {"run": path.parent.name}
+        else:
+            point = point_of(overrides, ignore)
+        records.append(RunRecord(str(path.parent), str(summary.get("status", "unknown")), point, flat_values(summary)))
+    return records
+
+
+def _sort_value(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def group_runs(records: Iterable[RunRecord]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for record in records:
+        key = tuple(sorted(record.point.items()))
+        groups.setdefault(key, Group(dict(key))).runs.append(record)
+    varying = varying_keys(groups.values())
+    return sorted(groups.values(), key=lambda g: [_sort_value(g.point.get(k, "")) for k in varying])
+
+
+def varying_keys(groups: Iterable[Group]) -> list[str]:
+    """Override keys whose value differs between groups (the table's leading columns)."""
+    groups = list(groups)
+    keys = sorted({k for g in groups for k in g.point})
+    return [k for k in keys if len({g.point.get(k) for g in groups}) > 1]
+
+
+def value_columns(groups: Iterable[Group], metric: str) -> list[str]:
+    present = {c for g in groups for r in g.runs for c in r.values}
+    preferred = [metric, DENSITY, TRAIN_FLOPS, *CL_COLUMNS]
+    return [c for c in dict.fromkeys(preferred) if c in present]
+
+
+def fmt(mean: float | None, std: float | None, digits: int = 4) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def markdown_table(groups: list[Group], columns: list[str], digits: int = 4) -> str:
+    keys = varying_keys(groups) or (["point"] if len(groups) == 1 else [])
+    header = [*keys, "n", *columns]
+    rows = []
+    for g in groups:
+        cells = [
+            g.point.get(k, "") if k != "point" else " ".join(f"{a}={b}" for a, b in g.point.items()) or "(all)"
+            for k in keys
+        ]
+        cells.append(str(len(g.runs)))
+        cells += [fmt(*g.stats(c)[:2], digits) for c in columns]
+        rows.append(cells)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(groups: list[Group], path: Path) -> None:
+    """One row per group: its overrides, n, then mean/std/n of every numeric column."""
+    keys = sorted({k for g in groups for k in g.point})
+    columns = sorted({c for g in groups for r in g.runs for c in r.values})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*keys, "n", *[f"{c}{s}" for c in columns for s in (":mean", ":std", ":n")], "run_dirs"])
+        for g in groups:
+            row: list[Any] = [g.point.get(k, "") for k in keys] + [len(g.runs)]
+            for c in columns:
+                mean, std, n = g.stats(c)
+                row += ["" if mean is None else repr(mean), "" if std is None else repr(std), n]
+            writer.writerow(row + [";".join(r.run_dir for r in g.runs)])
+
+
+def plot(groups: list[Group], metric: str, out_dir: Path) -> list[Path]:
+    """Accuracy vs density, vs training FLOPs (one line per setting of the other overrides) and
+    the CL metrics per group, where the summaries have them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    varying = varying_keys(groups)
+    for x_col, name, xlabel in (
+        (DENSITY, "acc_vs_density.png", "density (fraction of weights kept)"),
+        (TRAIN_FLOPS, "acc_vs_flops.png", "training FLOPs relative to dense"),
+    ):
+        points = [(g, g.stats(x_col), g.stats(metric)) for g in groups]
+        points = [(g, x, y) for g, x, y in points if x[0] is not None and y[0] is not None]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        series: dict[str, list] = {}
+        for g, x, y in points:
+            label = ", ".join(f"{k}={g.point[k]}" for k in varying if "density" not in k and k in g.point) or metric
+            series.setdefault(label, []).append((x[0], y[0], y[1] or 0.0))
+        for label, pts in series.items():
+            pts.sort()
+            ax.errorbar(
+                [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=label
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(out_dir / name)
+
+    cl_cols = [c for c in CL_COLUMNS if any(g.stats(c)[0] is not None for g in groups)]
+    if cl_cols:
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
+        width = 0.8 / len(cl_cols)
+        for i, col in enumerate(cl_cols):
+            stats = [g.stats(col) for g in groups]
+            ax.bar(
+                [j + i * width for j in range(len(groups))],
+                [s[0] or 0.0 for s in stats],
+                width,
+                yerr=[s[1] or 0.0 for s in stats],
+                capsize=3,
+                label=col,
+            )
+        ax.set_xticks([j + width * (len(cl_cols) - 1) / 2 for j in range(len(groups))])
+        ax.set_xticklabels(
+            [",".join(f"{k}={g.point[k]}" for k in varying if k in g.point) or "all" for g in groups],
+            rotation=30,
+            ha="right",
+            fontsize=7,
+        )
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "cl_metrics.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "cl_metrics.png")
+    return written
+
+
+def load_wandb_runs(path: str, group: str | None, ignore: Iterable[str] = ()) -> list[RunRecord]:
+    """Runs of a W&B project (optionally one group). Their overrides are not stored in W&B, so
+    they are grouped by the config values that differ between runs, seed-derived ones left out."""
+    from sparseforge.lightning.loggers import resolve_mode
+
+    if resolve_mode("auto") != "online":
+        raise AggregateError(
+            "W&B is not online here (no API key, or WANDB_MODE=offline/disabled): aggregate the sweep directory instead"
+        )
+    import wandb
+
+    try:
+        runs = list(wandb.Api(timeout=30).runs(path, filters={"group": group} if group else None))
+    except Exception as exc:  # network and permission errors
+        raise AggregateError(f"cannot read W&B runs of {path}: {exc}") from None
+    flats = [_flatten(dict(run.config)) for run in runs]
+    keys = {k for f in flats for k in f}
+    skip = (*NOT_PART_OF_POINT, SEED_KEY, *ignore)
+    varying = [
+        k
+        for k in sorted(keys)
+        if len({str(f.get(k)) for f in flats}) > 1 and not any(k == s or k.startswith(s + ".") for s in skip)
+    ]
+    # keys that follow the seed (data.seed: ${seed}) would split every group by seed
+    varying = [k for k in varying if not all(str(f.get(k)) == str(f.get(SEED_KEY)) for f in flats)]
+    records = []
+    for run, flat in zip(runs, flats, strict=True):
+        values = {k: float(v) for k, v in dict(run.summary).items() if _number(v) is not None}
+        records.append(
+            RunRecord(
+                f"wandb:{run.path}",
+                "completed" if run.state == "finished" else run.state,
+                {k: str(flat.get(k)) for k in varying},
+                values,
+            )
+        )
+    return records
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def aggregate(records: list[RunRecord], metric: str, out_dir: Path | None, digits: int = 4) -> tuple[list[Group], str]:
+    statuses = Counter(r.status for r in records)
+    completed = [r for r in records if r.status == "completed"]
+    if not completed:
+        raise AggregateError(f"no completed runs ({dict(statuses) or 'no summary.json found'})")
+    groups = group_runs(completed)
+    table = markdown_table(groups, value_columns(groups, metric), digits)
+    common = {k: v for k, v in groups[0].point.items() if k not in varying_keys(groups)} if len(groups) > 1 else {}
+    text = table
+    if common:
+        text = "common: " + " ".join(f"{k}={v}" for k, v in common.items()) + "\n\n" + text
+    others = {s: n for s, n in statuses.items() if s != "completed"}
+    if others:
+        text += "\n\nnot included: " + ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(groups, out_dir / "aggregate.csv")
+        (out_dir / "table.md").write_text(text + "\n")
+        written = [out_dir / "aggregate.csv", out_dir / "table.md", *plot(groups, metric, out_dir)]
+        text += "\n\nwrote: " + ", ".join(str(p) for p in written)
+    return groups, text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="sparseforge-aggregate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sweep_dir", nargs="?", help="a sweep directory, e.g. outputs/multiruns/dens")
+    parser.add_argument("--metric", default="test/acc", help="the accuracy column and y axis (default test/acc)")
+    parser.add_argument("--out", help="where the CSV and plots go (default <sweep_dir>/aggregate)")
+    parser.add_argument(
+        "--ignore", action="append", default=[], help="also leave this override key out of the grouping"
+    )
+    parser.add_argument("--digits", type=int, default=4)
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B (online only) instead")
+    parser.add_argument("--group", help="with --wandb: only this W&B group (the sweep name)")
+    args = parser.parse_args(argv)
+    try:
+        if args.wandb:
+            records = load_wandb_runs(args.wandb, args.group, args.ignore)
+            out = Path(args.out) if args.out else None
+        elif args.sweep_dir:
+            records = load_runs(args.sweep_dir, args.ignore)
+            out = Path(args.out) if args.out else Path(args.sweep_dir) / "aggregate"
+        else:
+            raise AggregateError("give a sweep directory (or --wandb ENTITY/PROJECT)")
+        _, text = aggregate(records, args.metric, out, args.digits)
+    except SparseforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""``sparseforge-sweep``: a sweep as a plain ``sbatch --array`` job, one overrides line per point.
+
+sparseforge-sweep plan sweep_name=dens sparsity.density=0.05,0.1,0.2 seed=0,1,2 > sweep.txt
+    writes one line of overrides per sweep point (Hydra's own sweep syntax and expansion, the
+    same points ``python train.py -m ...`` would run), checks every point first, leaves out
+    points that already completed, and prints the matching sbatch line to stderr:
+    sbatch --array=0-8%4 --output=outputs/multiruns/dens/.slurm/%A_%a.out slurm/array.sbatch sweep.txt
+sparseforge-sweep run sweep.txt 3 [extra overrides]
+    runs line 3 (what slurm/array.sbatch does with $SLURM_ARRAY_TASK_ID), resuming with
+    ckpt_path=auto; an index outside the file is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import stat
+import sys
+from pathlib import Path
+
+from sparseforge.errors import SparseforgeError
+from sparseforge.sweeps.plan import SweepError, default_sweep_name, prepare_run_points
+from sparseforge.sweeps.points import override_key
+
+ARRAY_SCRIPT = Path(__file__).resolve().parents[3] / "slurm" / "array.sbatch"
+
+
+def _stdout_file() -> str | None:
+    """The file stdout is redirected to (``> sweep.txt``), if it is one (Linux /proc)."""
+    try:
+        if stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode):
+            return os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _short(path: str | Path) -> str:
+    """``path`` relative to the current directory when it is inside it (shorter sbatch lines)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def plan(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if not any(override_key(o) == "sweep_name" for o in overrides):
+        # Every line must name the sweep, or each point would get a fresh timestamped directory
+        # and a requeued job could not find its checkpoint.
+        name = default_sweep_name(overrides)
+        overrides.append(f"sweep_name={name}")
+        print(f"note: no sweep_name given, using sweep_name={name}", file=sys.stderr)
+    points = prepare_run_points(overrides)
+    todo = [p for p in points if args.all or p.finished is None]
+    lines = "".join(p.line + "\n" for p in todo)
+    target = args.output or _stdout_file()
+    if args.output:
+        Path(args.output).write_text(lines)
+    else:
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+
+    done = len(points) - len(todo)
+    print(f"{len(points)} sweep points" + (f", {done} already completed (left out)" if done else ""), file=sys.stderr)
+    if not todo:
+        print("nothing to submit", file=sys.stderr)
+        return 0
+    sweep_dir = Path(str(points[0].cfg.hydra.sweep.dir))
+    log_dir = sweep_dir / ".slurm"
+    log_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
+    script = "slurm/array.sbatch" if Path("slurm/array.sbatch").resolve() == ARRAY_SCRIPT else str(ARRAY_SCRIPT)
+    throttle = f"%{args.parallel}" if args.parallel else ""
+    file_arg = shlex.quote(_short(target)) if target else "<overrides file>"
+    print(
+        f"sbatch --array=0-{len(todo) - 1}{throttle} --output={shlex.quote(_short(log_dir))}/%A_%a.out {script} {file_arg}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def read_line(path: str | Path, index: int) -> list[str]:
+    """The overrides of line ``index`` (0-based, blank and ``#`` lines not counted)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    except OSError as exc:
+        raise SweepError(f"cannot read the overrides file {path}: {exc.strerror}") from None
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not 0 <= index < len(lines):
+        valid = f"0-{len(lines) - 1}" if lines else "none: the file has no lines"
+        raise SweepError(
+            f"array index {index} is out of range for {path}: it has {len(lines)} sweep points (indices {valid}); "
+            f"submit with --array=0-{max(len(lines) - 1, 0)}"
+        )
+    return shlex.split(lines[index])
+
+
+def run(args: argparse.Namespace) -> int:
+    index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if index is None:
+        raise SweepError("no index given and $SLURM_ARRAY_TASK_ID is not set (not an array job)")
+    try:
+        index = int(index)
+    except ValueError:
+        raise SweepError(f"index must be an integer, got {index!r}") from None
+    overrides = read_line(args.file, index)
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    print(f"sweep point {index} (restart {restart}): {shlex.join(overrides)}", file=sys.stderr, flush=True)
+    from sparseforge.train import main as train_main
+
+    # ckpt_path=auto last: a requeued job resumes from last.ckpt, a completed point is skipped
+    sys.argv = ["sparseforge-train", *overrides, *args.extra, "ckpt_path=auto"]
+    train_main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparseforge-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="write one overrides line per sweep point and print the sbatch line")
+    p.add_argument("-o", "--output", help="write the lines here instead of stdout")
+    p.add_argument(
+        "-p", "--parallel", type=int, default=4, help="at most this many array tasks at once (%%N; 0: no limit)"
+    )
+    p.add_argument("--all", action="store_true", help="also list points that already completed")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides with sweeps, as for python train.py -m")
+    p.set_defaults(func=plan)
+    r = sub.add_parser("run", help="run one line of an overrides file (slurm/array.sbatch)")
+    r.add_argument("file")
+    r.add_argument("index", nargs="?", help="0-based line; default $SLURM_ARRAY_TASK_ID")
+    r.add_argument("extra", nargs="*", help="more overrides appended to the line")
+    r.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        sys.exit(args.func(args))
+    except SparseforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Expand a sweep into its points and check every point before anything is submitted.
+
+Both SLURM paths use this: the submitit launcher (``hardware=slurm``) and ``sparseforge-sweep
+plan`` (the sbatch array). The expansion is Hydra's own: its override parser and the basic
+sweeper's cartesian product, so ``a=1,2 b=range(3)`` means what it means to ``python train.py -m``.
+Each point is composed with the real config and checked (``config/validate.py``), its directory
+is resolved, and a point whose summary.json says completed is marked finished (when it would run
+with ``ckpt_path=auto``), so a rerun sweep submits only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sparseforge.errors import ConfigError, SparseforgeError
+from sparseforge.sweeps.points import completed_summary
+
+
+class SweepError(SparseforgeError):
+    """A sweep that cannot be expanded or has a point that would fail at start."""
+
+
+@dataclass
+class Point:
+    index: int
+    overrides: list[str]
+    cfg: DictConfig  # composed, with its hydra node
+    run_dir: Path
+    finished: dict[str, Any] | None  # the summary of a completed run, if any
+
+    @property
+    def line(self) -> str:
+        """The point as one shell-quoted line of overrides (the sbatch path's file format)."""
+        return shlex.join(self.overrides)
+
+
+def expand(arguments: Sequence[str], config_loader: Any = None) -> list[list[str]]:
+    """Hydra's multirun expansion of ``arguments``: one override list per point, in Hydra's order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for arg in arguments:
+        if arg in ("-m", "--multirun") or arg.startswith("--"):
+            raise SweepError(f"{arg}: give overrides only (key=value, key=a,b, key=range(0,3), +group=option)")
+    try:
+        parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(arguments))
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as exc:  # OverrideParseException, unsupported sweep types
+        detail = [ln.strip() for ln in str(exc).strip().splitlines()[:2]]
+        raise SweepError(f"cannot parse the sweep: {': '.join(detail)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe(overrides: Sequence[str]) -> str:
+    return " ".join(overrides) or "(no overrides)"
+
+
+def check_point(index: int, overrides: Sequence[str], cfg: DictConfig) -> None:
+    """The start-time checks of train.py, on a composed point; failures name the point."""
+    from sparseforge.config.validate import validate
+
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise SweepError(f"sweep point {index} ({describe(overrides)}): {exc}") from None
+
+
+def compose_error(index: int, overrides: Sequence[str], exc: BaseException) -> SweepError:
+    return SweepError(f"sweep point {index} ({describe(overrides)}): {_first_line(exc)}")
+
+
+def prepare_run_points(arguments: Sequence[str], config_name: str = "train") -> list[Point]:
+    """Points of ``arguments`` as single runs (the sbatch path): composed, checked, located.
+
+    Each point runs as ``python train.py <overrides>`` with a ``sweep_name``, so its run
+    directory is the one the same point gets in a multirun.
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+    from hydra.types import RunMode
+
+    from sparseforge.config import config_dir
+
+    setup_globals()
+    GlobalHydra.instance().clear()
+    points = []
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for index, overrides in enumerate(expand(arguments, loader)):
+            try:
+                cfg = loader.load_configuration(config_name, overrides=list(overrides), run_mode=RunMode.RUN)
+                HydraConfig.instance().set_config(cfg)
+                run_dir = Path(str(cfg.hydra.run.dir))
+            except Exception as exc:  # Hydra's composition and interpolation errors
+                raise compose_error(index, overrides, exc) from None
+            check_point(index, overrides, cfg)
+            # the sbatch path always resumes (array.sbatch adds ckpt_path=auto)
+            points.append(Point(index, list(overrides), cfg, run_dir, completed_summary(run_dir)))
+    GlobalHydra.instance().clear()
+    return points
+
+
+def prepare_sweep_points(
+    config_loader: Any, master_config: DictConfig, job_overrides: Sequence[Sequence[str]]
+) -> list[Point]:
+    """Points of a multirun batch (the launcher path), composed the way each job will be."""
+    points = []
+    for index, overrides in enumerate(job_overrides):
+        try:
+            cfg = config_loader.load_sweep_config(master_config, list(overrides))
+            run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        except Exception as exc:
+            raise compose_error(index, overrides, exc) from None
+        check_point(index, overrides, cfg)
+        finished = completed_summary(run_dir) if cfg.get("ckpt_path") == "auto" else None
+        points.append(Point(index, list(overrides), cfg, run_dir, finished))
+    return points
+
+
+def default_sweep_name(arguments: Sequence[str]) -> str:
+    """``sweep-<hash>`` of the sweep's arguments: planning the same sweep again gives the same name."""
+    digest = hashlib.sha1("\n".join(sorted(arguments)).encode()).hexdigest()[:8]
+    return f"sweep-{digest}"
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """What a sweep job returns to the sweeper: the metric named by ``optimized_metric``."""
+    value = (metrics or {}).get(OmegaConf.select(cfg, "optimized_metric") or "")
+    return float(value) if value is not None else None
