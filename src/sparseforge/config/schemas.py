@@ -255,6 +255,7 @@ class SparsityConfig:
     include: Optional[List[str]] = None  # module-name patterns (fnmatch)
     exclude: Optional[List[str]] = None
     placement: str = "random"  # random | magnitude
+    rescale_init: bool = False  # initial weights x 1/sqrt(layer density)
     delta_t: int = 100  # optimizer steps between topology updates
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"  # constant | cosine | linear
@@ -343,6 +344,7 @@ def register_schemas() -> None:
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
         ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
+        ("sparsity", "sparse", SparsityConfig),
         ("sparsity", "nm", NMSparsityConfig),
         ("data", "default", DataConfig),
         ("scenario", "iid", IIDScenarioConfig),

@@ -35,6 +35,9 @@ class SparsityOptions:
     exclude: Sequence[str] | None = None
     #: Where the initial non-zeros go: random (seeded, identical on every rank) or largest |w|.
     placement: str = "random"
+    #: Multiply each sparse layer's initial weights by 1/sqrt(density), so activations keep the
+    #: variance of the dense initialisation (the density-scaled fan-in of Liu et al.'s ``--scale``).
+    rescale_init: bool = False
     #: Optimizer steps between topology updates (ΔT).
     delta_t: int = 100
     #: Drop fraction α at the first update; the schedule anneals it.

@@ -84,6 +84,10 @@ class Sparsifier:
                 regrow_dropped=options.regrow_dropped, momentum_decay=options.momentum_decay
             )
             self.masks.apply_()
+            if options.rescale_init:
+                with torch.no_grad():
+                    for name, n in nnz.items():
+                        self.masks.weight(name).mul_((self.masks.numel(name) / n) ** 0.5)
             self.check()
         self.flops = FlopsAccountant(model, self.sparse_layer_names, example_input) if account_flops else None
 
