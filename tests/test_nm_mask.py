@@ -1,0 +1,102 @@
+"""N:M masks: exact counts, the grouping order real 2:4 kernels need, deterministic ties."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparseforge.sparsity.nm.mask import group_counts, is_2to4_pattern, nm_mask, satisfies_2to4, satisfies_nm
+
+PATTERNS = [(2, 4), (1, 4), (1, 8), (1, 16), (1, 32), (3, 8), (1, 2)]
+
+
+@st.composite
+def weight_and_pattern(draw):
+    n, m = draw(st.sampled_from(PATTERNS))
+    kind = draw(st.sampled_from(["linear", "conv1d", "conv2d"]))
+    out = draw(st.integers(1, 6))
+    groups = draw(st.integers(1, 4))
+    shape = {"linear": (out, groups * m), "conv1d": (out, groups * m, 3), "conv2d": (out, groups * m, 2, 3)}[kind]
+    seed = draw(st.integers(0, 2**16))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)), n, m
+
+
+@settings(max_examples=60, deadline=None)
+@given(weight_and_pattern())
+def test_mask_keeps_exactly_n_largest_of_every_group(case):
+    w, n, m = case
+    mask = nm_mask(w, n, m)
+    assert mask.shape == w.shape and mask.dtype == torch.bool
+    assert bool((group_counts(mask, m) == n).all())
+    assert satisfies_nm(w * mask, n, m)
+    # the kept entries are the n largest |w| of their group: min kept >= max dropped, per group
+    groups_w = w.movedim(1, -1).reshape(-1, m).abs()
+    groups_k = mask.movedim(1, -1).reshape(-1, m)
+    kept_min = torch.where(groups_k, groups_w, torch.inf).min(dim=1).values
+    dropped_max = torch.where(groups_k, -torch.inf, groups_w).max(dim=1).values
+    assert bool((kept_min >= dropped_max).all())
+
+
+def test_linear_groups_run_along_in_features():
+    # row 0: the big values sit at in-positions 1 and 6, one per group of 4 along in_features
+    w = torch.tensor([[0.1, 9.0, 0.2, 0.3, 0.4, 0.5, 8.0, 0.6]])
+    assert nm_mask(w, 1, 4).tolist() == [[False, True, False, False, False, False, True, False]]
+
+
+def test_conv_groups_run_along_input_channels_at_fixed_position():
+    # (K=1, C=4, R=1, S=2): at spatial position s=0 channel 2 is largest, at s=1 channel 0
+    w = torch.zeros(1, 4, 1, 2)
+    w[0, :, 0, 0] = torch.tensor([0.1, 0.2, 5.0, 0.3])
+    w[0, :, 0, 1] = torch.tensor([7.0, 0.2, 0.1, 0.3])
+    mask = nm_mask(w, 1, 4)
+    assert mask[0, :, 0, 0].tolist() == [False, False, True, False]
+    assert mask[0, :, 0, 1].tolist() == [True, False, False, False]
+    # grouping over spatial positions (NM-sparsity's plain conv mode) would have kept both of
+    # channel 0's entries together; here every (k, r, s) column keeps exactly one channel
+    assert group_counts(mask, 4).tolist() == [1, 1]
+
+
+def test_ties_keep_the_lower_index_every_time():
+    w = torch.ones(3, 8)
+    w[1] = -1.0  # equal magnitudes, other sign
+    mask = nm_mask(w, 2, 4)
+    expected = [True, True, False, False] * 2
+    assert mask.tolist() == [expected] * 3
+    assert torch.equal(mask, nm_mask(w.clone(), 2, 4))
+
+
+def test_mask_rejects_indivisible_input_dimension():
+    with pytest.raises(ValueError, match="not divisible by M=8"):
+        nm_mask(torch.randn(4, 12), 1, 8)
+
+
+def _brute_force_2to4(n: int, m: int) -> bool:
+    """Every placement of n nonzeros per group of m, over enough groups to cover two aligned 4s, is 2:4."""
+    groups = 2 * 4 // math.gcd(m, 4)
+    per_group = list(itertools.combinations(range(m), n))
+    for choice in itertools.product(per_group, repeat=groups):
+        row = torch.zeros(groups * m)
+        for g, keep in enumerate(choice):
+            row[[g * m + k for k in keep]] = 1.0
+        if not satisfies_nm(row.reshape(1, -1), 2, 4):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (1, 2), (1, 8), (2, 8), (3, 8), (1, 16), (3, 4), (4, 8)])
+def test_2to4_compatibility_rule_matches_brute_force(n, m):
+    assert is_2to4_pattern(n, m) == _brute_force_2to4(n, m)
+
+
+def test_satisfies_2to4_on_real_masks():
+    w = torch.randn(8, 64)
+    assert satisfies_2to4(w * nm_mask(w, 1, 8))
+    assert satisfies_2to4(w * nm_mask(w, 2, 4))
+    front_heavy = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.1, 0.1, 0.1, 0.1]])  # 4:8 keeps one whole aligned 4
+    assert not satisfies_2to4(front_heavy * nm_mask(front_heavy, 4, 8))
+    assert not satisfies_2to4(torch.ones(2, 6))  # input dimension not a multiple of 4
