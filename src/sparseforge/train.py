@@ -242,7 +242,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             atomic_write_json(
                 run_dir / "summary.json",
                 {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir),
-                 "seed": cfg.get("seed"), "wall_time_s": time.time() - start,
+                 "seed": cfg.get("seed"), "metrics": {}, "wall_time_s": time.time() - start, "n_params": None,
                  "config": OmegaConf.to_container(cfg, resolve=False)},
             )
         raise
@@ -252,6 +252,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "status": "running",
         "run_dir": str(run_dir),
         "seed": cfg.seed,
+        "metrics": {},  # the contract's keys exist in every state; filled in when the run completes
         "config": resolved,
         "n_params": sum(p.numel() for p in run.method.model.parameters()),
         "resumed_from": run.ckpt_path,

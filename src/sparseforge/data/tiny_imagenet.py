@@ -88,7 +88,7 @@ class TinyImageNet(ImageDataset):
         y = torch.empty(len(ds), dtype=torch.long)
         for i, (path, cls) in enumerate(ds.samples):
             img = ds.loader(path).convert("RGB").resize((self.image_size, self.image_size))
-            x[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8)).permute(2, 0, 1)
+            x[i] = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
             y[i] = to_label[cls]
         tmp = cache.with_suffix(".tmp")
         torch.save({"x": x, "y": y}, tmp)
