@@ -171,7 +171,12 @@ def test_default_selection_is_the_paper_vit_recipe():
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, depth=2)
     callback = NMSparsityCallback(n=1, m=8, mode="mdgf")
     callback.preflight(vit)
-    assert sorted(callback.sparsifier.layers) == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+    assert sorted(callback.sparsifier.layers) == [
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+        "blocks.1.mlp.fc1",
+        "blocks.1.mlp.fc2",
+    ]
     assert not hasattr(vit.patch_embed.proj, "parametrizations")
     assert not hasattr(vit.blocks[0].attn.qkv, "parametrizations")
     assert not hasattr(vit.head, "parametrizations")

@@ -76,8 +76,8 @@ class MultiStepLRConfig:
 class WarmupCosineLRConfig:
     _target_: str = "sparseforge.utils.lr_schedules.warmup_cosine"
     _partial_: bool = True
-    warmup: int = 5
     total: int = 1
+    warmup_fraction: float = 0.05
     warmup_start_factor: float = 1e-3
     eta_min: float = 0.0
 
