@@ -219,7 +219,7 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train from a composed config; write summary.json; return the final metrics."""
-    from sparseforge.lightning.loggers import finish_wandb
+    from sparseforge.lightning.loggers import continue_logs_from, finish_wandb
     from sparseforge.sweeps.points import completed_summary
     from sparseforge.utils.io import atomic_write_json
 
@@ -262,6 +262,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero:
         atomic_write_json(run_dir / "summary.json", summary)
     try:
+        continue_logs_from(run.trainer.loggers, run.ckpt_path)
         for logger in run.trainer.loggers:
             logger.log_hyperparams(resolved)
         run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path)

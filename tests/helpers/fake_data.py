@@ -89,3 +89,15 @@ def write_tiny_imagenet(root: Path, num_classes: int = 200, per_class_train: int
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return Path(root)
+
+
+def write_emnist_letters(root: Path, n_train: int = 104, n_test: int = 52, seed: int = 0) -> Path:
+    """torchvision's EMNIST layout for split 'letters': ``root/EMNIST/raw/emnist-letters-*``,
+    labels 1..26 as in the official files."""
+    raw = Path(root) / "EMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        x, y = _images(n, (28, 28), 26, s)
+        write_idx(raw / f"emnist-letters-{split}-images-idx3-ubyte", x)
+        write_idx(raw / f"emnist-letters-{split}-labels-idx1-ubyte", y + 1)
+    return Path(root)
