@@ -59,11 +59,17 @@ def solve_densities(
     return {name: 1.0 if name in capped else eps * scores[name] for name in shapes}
 
 
-def apportion(sizes: Mapping[str, int], densities: Mapping[str, float]) -> dict[str, int]:
-    """Integer non-zero counts: largest-remainder rounding of ``densities[l] * sizes[l]``."""
+def apportion(sizes: Mapping[str, int], densities: Mapping[str, float], total: int | None = None) -> dict[str, int]:
+    """Integer non-zero counts summing to ``total``: largest-remainder rounding of ``densities[l] * sizes[l]``.
+
+    ``total`` defaults to the rounded sum of the targets; pass it when it is known exactly
+    (``round(density * sum(sizes))``), so float error in the targets cannot shift it.
+    """
     targets = {n: min(densities[n], 1.0) * sizes[n] for n in sizes}
     counts = {n: min(math.floor(t), sizes[n]) for n, t in targets.items()}
-    missing = math.floor(sum(targets.values()) + 0.5) - sum(counts.values())
+    if total is None:
+        total = math.floor(sum(targets.values()) + 0.5)
+    missing = total - sum(counts.values())
     position = {n: i for i, n in enumerate(sizes)}  # ties go to the earlier layer
     for name in sorted(sizes, key=lambda n: (counts[n] - targets[n], position[n])):
         if missing <= 0:
@@ -76,7 +82,8 @@ def apportion(sizes: Mapping[str, int], densities: Mapping[str, float]) -> dict[
 
 def _counts(shapes: Mapping[str, Shape], density: float, distribution: str, erk_power_scale: float) -> dict[str, int]:
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    return apportion(sizes, solve_densities(shapes, density, distribution, erk_power_scale))
+    total = math.floor(min(density, 1.0) * sum(sizes.values()) + 0.5)
+    return apportion(sizes, solve_densities(shapes, density, distribution, erk_power_scale), total)
 
 
 def smallest_workable_density(shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0) -> float:

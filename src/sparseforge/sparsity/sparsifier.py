@@ -10,7 +10,10 @@
         sparsifier.after_optimizer_step()    # zero pruned weights, count FLOPs, update on schedule
 
 It owns the masks (``MaskSet``), the update rule, the drop-fraction schedule with its own step
-counter, and a ``FlopsAccountant``. Everything that must survive a restart is in
+counter, and a ``FlopsAccountant``. Epoch-triggered rules (SparCL's ``tdm``) act through
+``epoch_update(epoch_in_task)`` instead of the step schedule. An optional ``gradient_policy``
+(SparCL's ``DynamicGradientMasking``) sets the gradient masks before each step's masking, and
+the FLOPs of the weight gradients follow it. Everything that must survive a restart is in
 ``state_dict()``. Order inside an update step: the optimizer step is taken first, then the
 topology changes (as in the PyTorch RigL ports and TF SET); grown weights start at 0 with zeroed
 optimizer state.
@@ -67,6 +70,8 @@ class Sparsifier:
         self.grown_total = 0
         self.dropped_total = 0
         self.last_update: dict[str, Any] = {}
+        self.history: list[list[float]] = []  # [step, grown, dropped, drop_fraction] per update
+        self.gradient_policy = None  # e.g. DynamicGradientMasking; set by the method that uses it
         self._prepared = False
         self._dense_grad_step = False
         self._nnz_cache: tuple[int, dict[str, int]] | None = None
@@ -81,7 +86,9 @@ class Sparsifier:
             masks = distributed.broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz)
             self.rule = RULES[options.update_rule](
-                regrow_dropped=options.regrow_dropped, momentum_decay=options.momentum_decay
+                regrow_dropped=options.regrow_dropped,
+                momentum_decay=options.momentum_decay,
+                **(dict(options.tdm or {}) if options.update_rule == "tdm" else {}),
             )
             self.masks.apply_()
             if options.rescale_init:
@@ -131,7 +138,7 @@ class Sparsifier:
         self.horizon = int(horizon)
 
     def is_update_step(self, step: int) -> bool:
-        if self.rule is None or not self.rule.changes_topology:
+        if self.rule is None or not self.rule.changes_topology or self.rule.trigger != "step":
             return False
         if self.horizon is None:
             raise ValueError(
@@ -151,6 +158,8 @@ class Sparsifier:
             self.optimizer = optimizer
         if self.masks is None:
             return
+        if self.gradient_policy is not None:
+            self.gradient_policy.before_step(self.masks)
         upcoming = self.step + 1
         update_next = self.is_update_step(upcoming)
         if update_next or self.rule.observes_every_step:
@@ -177,8 +186,13 @@ class Sparsifier:
             self.masks.after_step()
         self.step += 1
         if self.flops is not None:
-            dense_grad = {n: 1.0 for n in self.sparse_layer_names} if self._dense_grad_step else None
-            self.flops.step(self.layer_densities(), dense_grad)
+            if self._dense_grad_step:
+                grad_density = {n: 1.0 for n in self.sparse_layer_names}
+            elif self.gradient_policy is not None and self.masks is not None:
+                grad_density = self.gradient_policy.weight_grad_density(self.masks)
+            else:
+                grad_density = None
+            self.flops.step(self.layer_densities(), grad_density)
         stats = None
         if self._prepared:
             fraction = self.drop_fraction_at(self.step)
@@ -199,6 +213,18 @@ class Sparsifier:
         self.rule.prepare(self, fraction, dense_grads or {})
         return self.apply_masks(self.rule.propose(self, fraction), optimizer=optimizer, drop_fraction=fraction)
 
+    def epoch_update(self, epoch_in_task: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+        """At the start of an epoch: run an epoch-triggered rule (``tdm``). Returns the update's stats."""
+        if self.masks is None or self.rule.trigger != "epoch":
+            return None
+        proposal = self.rule.epoch_proposal(self, epoch_in_task)
+        if proposal is None:
+            return None
+        new_masks, target_nnz, restart = proposal
+        stats = self.apply_masks(new_masks, optimizer, target_nnz=target_nnz, restart=restart)
+        stats["epoch_in_task"] = epoch_in_task
+        return stats
+
     @torch.no_grad()
     def apply_masks(
         self,
@@ -206,15 +232,17 @@ class Sparsifier:
         optimizer: torch.optim.Optimizer | None = None,
         target_nnz: Mapping[str, int] | None = None,
         drop_fraction: float | None = None,
+        restart: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Install new masks (from any rule): rank 0's win, new weights start at 0, counts checked."""
         new_masks = distributed.broadcast_masks(new_masks or {})
-        per_layer = self.masks.set_masks(new_masks, optimizer or self.optimizer, target_nnz)
+        per_layer = self.masks.set_masks(new_masks, optimizer or self.optimizer, target_nnz, restart=restart)
         self.updates_done += 1
         grown = sum(s["grown"] for s in per_layer.values())
         dropped = sum(s["dropped"] for s in per_layer.values())
         self.grown_total += grown
         self.dropped_total += dropped
+        self.history.append([self.step, grown, dropped, -1.0 if drop_fraction is None else float(drop_fraction)])
         self.last_update = {
             "step": self.step,
             "drop_fraction": drop_fraction,
@@ -256,8 +284,10 @@ class Sparsifier:
             out["sparsity/itop"] = self.masks.itop()
             out["sparsity/updates"] = float(self.updates_done)
             out["sparsity/grown_total"] = float(self.grown_total)
-            if self.rule.changes_topology and self.horizon:
+            if self.rule.changes_topology and self.rule.trigger == "step" and self.horizon:
                 out["sparsity/drop_fraction"] = self.drop_fraction_at(self.step)
+            if self.gradient_policy is not None and self.gradient_policy.kept:
+                out["sparsity/grad_density"] = self.gradient_policy.mean_gradient_density(self.masks)
             if per_layer:
                 for name, d in self.layer_densities().items():
                     out[f"sparsity/layer/{name}"] = d
@@ -283,6 +313,7 @@ class Sparsifier:
             "skipped_updates": self.skipped_updates,
             "grown_total": self.grown_total,
             "dropped_total": self.dropped_total,
+            "history": [list(h) for h in self.history],
             "masks": self.masks.state_dict() if self.masks is not None else None,
             "rule": self.rule.state_dict() if self.rule is not None else {},
             "flops": self.flops.state_dict() if self.flops is not None else None,
@@ -302,6 +333,7 @@ class Sparsifier:
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.grown_total = int(state.get("grown_total", 0))
         self.dropped_total = int(state.get("dropped_total", 0))
+        self.history = [list(h) for h in state.get("history", [])]
         if self.masks is not None and state.get("masks") is not None:
             self.masks.load_state_dict(state["masks"])
             self.rule.load_state_dict(state.get("rule", {}))
