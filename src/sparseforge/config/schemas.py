@@ -240,13 +240,25 @@ class NMSparsityConfig:
 
 # -- sparsity (configs/sparsity/: dense, static, set, rigl) ---------------------------------------
 @dataclass
+class TDMRuleConfig:
+    """SparCL's task-aware dynamic masking, sparseforge.sparsity.rules.tdm.TDMSchedule."""
+
+    every_epochs: int = 5
+    phase_epochs: List[int] = field(default_factory=lambda: [5, 45])
+    prune_offsets: List[float] = field(default_factory=lambda: [0.0, -0.01, 0.0])
+    grow_offsets: List[float] = field(default_factory=lambda: [0.01, 0.0, 0.0])
+    grad_weight: float = 0.5
+    grad_source: str = "post_dgm"  # post_dgm | pre_dgm
+
+
+@dataclass
 class SparsityConfig:
     """sparseforge.lightning.sparsity_callback.SparsityCallback. Enum-like values (update_rule,
     distribution, placement, drop_schedule, schedule_scope) and ranges are checked by its
     constructor, which names the key and the allowed values in one line."""
 
     _target_: str = "sparseforge.lightning.sparsity_callback.SparsityCallback"
-    update_rule: str = "rigl"  # dense | static | set | rigl | unfired | momentum
+    update_rule: str = "rigl"  # dense | static | set | rigl | unfired | momentum | tdm
     density: float = 0.1  # non-zeros / weights of the sparse layers
     distribution: str = "erk"  # uniform | er | erk
     erk_power_scale: float = 1.0
@@ -267,6 +279,7 @@ class SparsityConfig:
     check_every_update: bool = True
     plot: bool = True
     log_layers: bool = True
+    tdm: Optional[TDMRuleConfig] = None  # options of update_rule=tdm (configs/sparsity/sparcl.yaml)
 
 
 # -- continual-learning baselines (configs/method/) ----------------------------------------------
@@ -306,6 +319,48 @@ class DERPPMethodConfig(DERMethodConfig):
     _target_: str = "sparseforge.methods.DERPP"
     alpha: float = 0.2
     beta: float = 0.5
+
+
+# -- SparCL (configs/method/sparcl.yaml; TDM is the sparsity rule in configs/sparsity/sparcl.yaml) -
+class SparCLBase(str, Enum):
+    derpp = "derpp"
+    er = "er"
+
+
+class DGMRelativeTo(str, Enum):
+    layer = "layer"  # gradient_sparsity is a fraction of the layer's entries (the release)
+    active = "active"  # ... of the layer's active weights
+
+
+@dataclass
+class SparCLDDRConfig:
+    """Dynamic data removal: sparseforge.continual.data_removal.DataRemoval."""
+
+    enabled: bool = True
+    removal_epochs: List[int] = field(default_factory=lambda: [5, 10, 15, 20])
+    remove_fraction: float = 0.3
+
+
+@dataclass
+class SparCLDGMConfig:
+    """Dynamic gradient masking: sparseforge.sparsity.gradient_masking.DynamicGradientMasking."""
+
+    enabled: bool = True
+    gradient_sparsity: float = 0.8
+    relative_to: DGMRelativeTo = DGMRelativeTo.layer
+    refresh_every: int = 30
+
+
+@dataclass
+class SparCLMethodConfig(DERPPMethodConfig):
+    _target_: str = "sparseforge.methods.sparcl.SparCL"
+    base: SparCLBase = SparCLBase.derpp
+    alpha: float = 0.1  # DER++ only
+    beta: float = 0.5  # DER++ only
+    restrict_current_ce: bool = True
+    replay_first_task: bool = False
+    ddr: SparCLDDRConfig = field(default_factory=SparCLDDRConfig)
+    dgm: SparCLDGMConfig = field(default_factory=SparCLDGMConfig)
 
 
 # -- trainer -------------------------------------------------------------------------------------
@@ -356,6 +411,7 @@ def register_schemas() -> None:
         ("method", "er", ERMethodConfig),
         ("method", "der", DERMethodConfig),
         ("method", "derpp", DERPPMethodConfig),
+        ("method", "sparcl", SparCLMethodConfig),
         ("task_loop", "default", TaskLoopConfig),
         ("method", "sharp", SharpMethodConfig),
         ("trainer", "default", TrainerConfig),

@@ -18,6 +18,7 @@ task loop re-creates at every task boundary is always the one whose state gets r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ class SparsityCallback(pl.Callback):
         check_every_update: bool = True,
         plot: bool = True,
         log_layers: bool = True,
+        tdm: dict[str, Any] | None = None,
     ):
         self.options = SparsityOptions(
             update_rule=update_rule,
@@ -80,6 +82,7 @@ class SparsityCallback(pl.Callback):
             momentum_decay=momentum_decay,
             seed=seed,
             check_every_update=check_every_update,
+            tdm=dict(tdm) if tdm is not None else None,
         )
         self.plot = plot
         self.log_layers = log_layers
@@ -130,6 +133,9 @@ class SparsityCallback(pl.Callback):
         sp = self.sparsifier
         if sp.rule is None or not sp.rule.changes_topology:
             return
+        if sp.rule.trigger == "epoch":  # tdm: at the epoch's start, after the task loop's begin_task
+            self._epoch_update(trainer)
+            return
         steps_per_epoch = math.ceil(trainer.num_training_batches / max(trainer.accumulate_grad_batches, 1))
         dm = trainer.datamodule
         if self.options.schedule_scope == "task" and hasattr(dm, "epoch_in_task"):
@@ -142,6 +148,21 @@ class SparsityCallback(pl.Callback):
                     "trainer.max_epochs", "a sparsity schedule needs a finite run", "max_epochs or max_steps"
                 )
             sp.set_total_steps(int(total))
+
+    def _epoch_update(self, trainer: pl.Trainer) -> None:
+        dm = trainer.datamodule
+        epoch = trainer.current_epoch
+        epoch_in_task = dm.epoch_in_task(epoch) if hasattr(dm, "epoch_in_task") else epoch
+        # The live optimizer: the task loop re-creates it at a task's first epoch, just before.
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        stats = self.sparsifier.epoch_update(epoch_in_task, optimizer)
+        if stats is not None and trainer.is_global_zero:
+            values = {
+                "sparsity/grown": float(stats["grown"]),
+                "sparsity/dropped": float(stats["dropped"]),
+                **self.sparsifier.metrics(per_layer=False),
+            }
+            self._log(trainer, values)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         self.sparsifier.before_optimizer_step(optimizer)
@@ -229,7 +250,9 @@ class SparsityCallback(pl.Callback):
                 grown_total=sp.grown_total,
                 steps=sp.step,
             )
-            if sp.rule.changes_topology:
+            if sp.rule.trigger == "epoch":
+                sparsity.update(tdm=dataclasses.asdict(sp.rule.schedule), regrow_dropped=o.regrow_dropped)
+            elif sp.rule.changes_topology:
                 sparsity.update(
                     delta_t=o.delta_t,
                     drop_fraction=o.drop_fraction,
@@ -250,6 +273,9 @@ class SparsityCallback(pl.Callback):
                 "inference_relative_to_dense": sp.inference_relative_to_dense(),
                 "samples_trained": flops.samples_trained * world,
                 "samples_forward_only": flops.samples_forward_only * world,
+                # examples a dense run of the same method would process but this run skipped on
+                # purpose (SparCL's removed data): in the dense reference only
+                "samples_reference_only": flops.samples_reference_only * world,
             }
         return section
 

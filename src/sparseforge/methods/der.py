@@ -18,7 +18,7 @@ class DER(ReplayMethod):
     def observe(self, batch):
         logits = self(batch.x)
         self.track_accuracy(logits, batch.y)
-        loss = F.cross_entropy(logits, batch.y) + self.replay_loss()
+        loss = F.cross_entropy(self.current_task_logits(logits), batch.y) + self.replay_loss()
         self.remember(batch, logits)
         return loss
 

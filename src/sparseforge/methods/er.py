@@ -16,6 +16,7 @@ class ER(ReplayMethod):
         if replayed is not None:
             x, y = torch.cat([x, replayed.x]), torch.cat([y, replayed.y])
         logits = self(x)
-        self.track_accuracy(logits[: len(batch.y)], batch.y)
+        n = len(batch.y)
+        self.track_accuracy(logits[:n], batch.y)
         self.remember(batch)
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(torch.cat([self.current_task_logits(logits[:n]), logits[n:]]), y)

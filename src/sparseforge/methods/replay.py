@@ -58,6 +58,11 @@ class ReplayMethod(ContinualMethod):
         drawn = self.buffer.sample(self.minibatch_size, rank=self.global_rank, world_size=self.trainer.world_size)
         return ReplayBatch(self.datamodule.augment(drawn.raw), drawn.y, drawn.task, drawn.logits)
 
+    def current_task_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The current batch's logits as its cross-entropy sees them. Identity here; SparCL masks
+        the classes of other tasks (``restrict_current_ce``). Stored logits stay unmasked."""
+        return logits
+
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:
         fields = [batch.raw, batch.y, batch.task] + ([logits.detach()] if self.store_logits else [])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -80,7 +80,10 @@ class FlopsAccountant:
     - backward, weight gradients = f_other + Σ_l f_l · g_l, where g_l defaults to d_l and is 1 on
       steps that need the dense gradient (RigL updates) or a gradient density (SparCL's DGM).
 
-    The dense reference charges 3·f_d per trained example and f_d per forward-only example.
+    The dense reference charges 3·f_d per trained example and f_d per forward-only example. A
+    method that deliberately skips examples a dense run of it would process (SparCL's data
+    removal, replay it leaves out) reports them with ``charge_reference_only``: they enter the
+    dense reference, not the spent FLOPs, so the ratio is against the counterfactual dense run.
     Dense FLOPs come from FlopCounterMode on one example (batch 1; FLOPs = 2 x MACs), measured
     the first time a step is charged, from the shape of the first training input seen.
     """
@@ -98,6 +101,7 @@ class FlopsAccountant:
         self.steps = 0
         self.samples_trained = 0
         self.samples_forward_only = 0
+        self.samples_reference_only = 0
         self._hook = model.register_forward_pre_hook(self._count)
 
     def _count(self, module: nn.Module, args) -> None:
@@ -144,6 +148,14 @@ class FlopsAccountant:
         self.samples_forward_only += n_fwd
         return spent
 
+    def charge_reference_only(self, n_train: int, n_forward_only: int = 0) -> None:
+        """Examples the dense reference run trains on (or only forwards) but this run skips."""
+        if n_train <= 0 and n_forward_only <= 0:
+            return
+        self.measure()
+        self.dense_total += max(n_train, 0) * 3 * self.f_dense + max(n_forward_only, 0) * self.f_dense
+        self.samples_reference_only += max(n_train, 0) + max(n_forward_only, 0)
+
     @property
     def train_relative_to_dense(self) -> float | None:
         return self.train_total / self.dense_total if self.dense_total else None
@@ -158,6 +170,7 @@ class FlopsAccountant:
             "steps": self.steps,
             "samples_trained": self.samples_trained,
             "samples_forward_only": self.samples_forward_only,
+            "samples_reference_only": self.samples_reference_only,
         }
 
     def load_state_dict(self, state) -> None:
@@ -166,3 +179,4 @@ class FlopsAccountant:
         self.steps = int(state["steps"])
         self.samples_trained = int(state.get("samples_trained", 0))
         self.samples_forward_only = int(state.get("samples_forward_only", 0))
+        self.samples_reference_only = int(state.get("samples_reference_only", 0))

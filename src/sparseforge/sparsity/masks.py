@@ -145,10 +145,13 @@ class MaskSet:
         new_masks: MaskDict,
         optimizer: torch.optim.Optimizer | None = None,
         target_nnz: Mapping[str, int] | None = None,
+        restart: MaskDict | None = None,
     ) -> dict[str, dict[str, int]]:
         """Switch to ``new_masks`` (a subset of layers is fine). Returns per-layer drop/grow counts.
 
         New connections start at weight 0 with zeroed optimizer state; dropped weights become 0.
+        ``restart`` marks weights active before and after that restart the same way (dropped and
+        regrown in one update, e.g. SparCL's TDM); they count as dropped and grown.
         Unless ``target_nnz`` gives new counts for a layer, its count must stay the same.
         """
         stats: dict[str, dict[str, int]] = {}
@@ -159,6 +162,9 @@ class MaskSet:
                 raise ValueError(f"new mask of {name!r} has shape {tuple(new.shape)}, expected {tuple(old.shape)}")
             grown = new & ~old
             dropped = old & ~new
+            if restart is not None and name in restart:
+                again = restart[name].to(device=old.device, dtype=torch.bool) & old & new
+                grown, dropped = grown | again, dropped | again
             weight = self.weight(name)
             weight.masked_fill_(grown, 0.0)
             if optimizer is not None:

@@ -8,12 +8,13 @@ naming ``sparsity.<field>`` and the allowed values, so a bad value is one line b
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from sparseforge.errors import ConfigError
 
-UPDATE_RULES = ("dense", "static", "set", "rigl", "unfired", "momentum")
+UPDATE_RULES = ("dense", "static", "set", "rigl", "unfired", "momentum", "tdm")
 DISTRIBUTIONS = ("uniform", "er", "erk")
 PLACEMENTS = ("random", "magnitude")
 DROP_SCHEDULES = ("constant", "cosine", "linear")
@@ -23,6 +24,7 @@ SCHEDULE_SCOPES = ("run", "task")
 @dataclass
 class SparsityOptions:
     #: dense (no masks, FLOPs only) | static (random-pruning baseline) | set | rigl | unfired | momentum
+    #: | tdm (SparCL's epoch-triggered task-aware dynamic masking; options in ``tdm``)
     update_rule: str = "rigl"
     #: Fraction of the sparse layers' weights that are non-zero (layers kept dense are outside it).
     density: float = 0.1
@@ -54,8 +56,13 @@ class SparsityOptions:
     seed: int = 0
     #: Verify exact counts, zero pruned weights and rank agreement after every mask change.
     check_every_update: bool = True
+    #: Options of the tdm rule (``sparseforge.sparsity.rules.tdm.TDMSchedule`` fields); ignored by
+    #: the other rules.
+    tdm: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.tdm is not None:  # plain values (a Hydra node would not load from a weights-only checkpoint)
+            self.tdm = {str(k): list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in self.tdm.items()}
         self.validate()
 
     @property
@@ -94,6 +101,10 @@ class SparsityOptions:
             raise bad("momentum_decay", f"must be in [0, 1), got {self.momentum_decay!r}", "0 <= momentum_decay < 1")
         if self.is_dense and self.density != 1.0:
             raise bad("density", f"update_rule=dense trains every weight, but density={self.density}", "density: 1.0")
+        if self.update_rule == "tdm":
+            from sparseforge.sparsity.rules.tdm import TDMSchedule
+
+            TDMSchedule(**dict(self.tdm or {}))
         for key in ("include", "exclude"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):

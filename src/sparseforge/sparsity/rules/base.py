@@ -34,6 +34,9 @@ class UpdateRule:
     observes_every_step: ClassVar[bool] = False
     #: Whether topology changes at all (static: no).
     changes_topology: ClassVar[bool] = True
+    #: What triggers an update: "step" (every delta_t optimizer steps, the sparsifier's schedule)
+    #: or "epoch" (``epoch_proposal`` at the start of each epoch of a task, e.g. SparCL's TDM).
+    trigger: ClassVar[str] = "step"
 
     def __init__(self, regrow_dropped: bool = False, **_: Any):
         self.regrow_dropped = regrow_dropped
@@ -45,6 +48,10 @@ class UpdateRule:
         pass
 
     def propose(self, sparsifier, drop_fraction: float) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def epoch_proposal(self, sparsifier, epoch_in_task: int):
+        """Epoch-triggered rules: ``(new_masks, target_nnz, restart)`` at this epoch, or None."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""SparCL (Wang, Zhan et al., NeurIPS 2022): sparse continual learning on DER++ (default) or ER.
+
+Three separable components, each switchable off for ablations:
+
+- TDM, task-aware dynamic masking: the sparsity rule ``tdm`` (``sparseforge.sparsity.rules.tdm``,
+  configs/sparsity/sparcl.yaml). ``sparsity.update_rule=static`` turns it off (the magnitude-
+  pruned initial mask then stays fixed);
+- DDR, dynamic data removal: ``sparseforge.continual.data_removal`` (``method.ddr.enabled``),
+  wired in through ``training_indices`` and the per-example outcomes of each training batch;
+- DGM, dynamic gradient masking: ``sparseforge.sparsity.gradient_masking`` (``method.dgm.enabled``),
+  attached to the run's ``Sparsifier`` as its gradient policy.
+
+This module adds the release's loss options and the FLOPs bookkeeping, nothing else:
+
+- ``restrict_current_ce`` (release: on): the current batch's cross-entropy sees only the current
+  task's classes (other logits at -inf). This is not vanilla DER++: it removes the pull of new
+  data against old classes' logits, which usually raises class-IL accuracy. Replay terms and
+  stored logits are unaffected;
+- ``replay_first_task`` (release: off): the release replays only from the second task on;
+  DER++/ER here (Mammoth) replay as soon as the buffer holds anything.
+
+Training FLOPs are counted by the sparsity engine's accountant on every example actually
+forwarded (current batch and replay draws), at the layer densities of the moment, with the
+weight-gradient part at DGM's gradient density. The dense reference is the counterfactual dense
+run of the same base method (DER++ or ER as implemented here) with the same epochs and buffer:
+every example of every epoch and that run's replay. What SparCL skips on purpose (examples removed
+by DDR, the replay a dense run would do on the skipped steps and during the first task) is
+charged to the reference only (``FlopsAccountant.charge_reference_only``), so
+``flops.train_relative_to_dense`` is relative to that dense run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+
+from sparseforge.continual.data_removal import DataRemoval
+from sparseforge.errors import ConfigError
+from sparseforge.lightning.sparsity_callback import find_sparsifier
+from sparseforge.methods.derpp import DERPP
+from sparseforge.methods.er import ER
+from sparseforge.methods.replay import _gather
+from sparseforge.sparsity.gradient_masking import DynamicGradientMasking
+
+log = logging.getLogger("sparseforge")
+
+BASES = ("derpp", "er")
+
+
+class SparCLMixin:
+    """SparCL on top of a replay method (DER++ or ER); see the module docstring."""
+
+    #: Buffer draws per training step of the base method (for the dense reference).
+    replay_draws_per_step: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        *args,
+        restrict_current_ce: bool = True,
+        replay_first_task: bool = False,
+        ddr: dict[str, Any] | None = None,
+        dgm: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.restrict_current_ce = bool(restrict_current_ce)
+        self.replay_first_task = bool(replay_first_task)
+        ddr, dgm = dict(ddr or {}), dict(dgm or {})
+        seed = int(kwargs.get("seed", 0))
+        self.data_removal = (
+            DataRemoval(ddr.get("removal_epochs", (5, 10, 15, 20)), ddr.get("remove_fraction", 0.3), seed=seed)
+            if ddr.get("enabled", True)
+            else None
+        )
+        self.gradient_masking = (
+            DynamicGradientMasking(
+                dgm.get("gradient_sparsity", 0.8),
+                dgm.get("refresh_every", 30),
+                getattr(dgm.get("relative_to", "layer"), "value", dgm.get("relative_to", "layer")),
+            )
+            if dgm.get("enabled", True)
+            else None
+        )
+        self.density_history: list[dict[str, Any]] = []  # per epoch: task, epoch, sparse-layer density
+        # Examples only the dense reference run processes: DDR's removed data, replay not done.
+        self.reference_only = {"removed_data": 0, "replay": 0}
+        self._class_mask: torch.Tensor | None = None
+        self._batch = None
+        self._sparsifier = None
+        self._step: dict[str, int] = {}
+        self._epoch: dict[str, Any] = {}
+
+    # -- wiring --------------------------------------------------------------------------------------
+    def check_setup(self, datamodule) -> None:
+        super().check_setup(datamodule)
+        if self.data_removal is not None:
+            late = [e for e in self.data_removal.removal_epochs if e >= datamodule.scenario.epochs_per_task]
+            if late:
+                log.info(
+                    "SparCL: data removal at epochs %s never happens with scenario.epochs_per_task=%d",
+                    late,
+                    datamodule.scenario.epochs_per_task,
+                )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._sparsifier = find_sparsifier(self.trainer)
+        masks = self._sparsifier.masks if self._sparsifier is not None else None
+        if self.gradient_masking is not None:
+            if masks is None:
+                raise ConfigError(
+                    "method.dgm.enabled",
+                    "gradient masking needs sparse layers, but the run has none",
+                    "sparsity=sparcl",
+                )
+            self._sparsifier.gradient_policy = self.gradient_masking
+
+    def training_indices(self, task, tasks):
+        index = super().training_indices(task, tasks)
+        if self.data_removal is None:
+            return index
+        epoch_in_task = self.trainer.datamodule.epoch_in_task(self.trainer.current_epoch)
+        n_examples = len(self.trainer.datamodule.train_data)
+        return self.data_removal.indices(task.id, index, epoch_in_task, n_examples)
+
+    def begin_task(self, task) -> None:
+        super().begin_task(task)
+        self._class_mask = None  # rebuilt for this task's classes at the first batch
+
+    # -- the loss --------------------------------------------------------------------------------------
+    def current_task_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.restrict_current_ce:
+            return logits
+        if self._class_mask is None or self._class_mask.shape[0] != logits.shape[1]:
+            mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+            mask[list(self.tasks[self.current_task].classes)] = True
+            self._class_mask = mask
+        return logits.masked_fill(~self._class_mask, float("-inf"))
+
+    def replay(self):
+        if self.current_task == 0 and not self.replay_first_task:
+            return None
+        replayed = super().replay()
+        if replayed is not None:
+            self._step["replayed"] = self._step.get("replayed", 0) + len(replayed.y)
+        return replayed
+
+    def observe(self, batch):
+        self._batch = batch
+        self._step = {"current": len(batch.y), "buffer": len(self.buffer), "replayed": 0}
+        return super().observe(batch)
+
+    def track_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        # Every base calls this with the current batch's (unrestricted) logits: DDR's statistic.
+        super().track_accuracy(logits, y)
+        if self.data_removal is not None and self._batch is not None:
+            index, correct = self._batch.index, logits.detach().argmax(dim=1) == y
+            if _distributed():  # every rank keeps the statistics of every example
+                index, correct = _gather(index), _gather(correct.to(torch.uint8)).bool()
+            self.data_removal.record(index, correct)
+
+    # -- per epoch and per step ------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        epoch, task = self.trainer.current_epoch, dm.tasks[dm.task_of_epoch(self.trainer.current_epoch)]
+        if self.gradient_masking is not None:
+            self.gradient_masking.start_epoch()
+        full = len(super().training_indices(task, dm.tasks))
+        self._epoch = {"reference_batches": self._reference_batches(full), "steps": 0, "current": 0}
+        record = {"task": task.id, "epoch_in_task": dm.epoch_in_task(epoch), "train_examples": None}
+        if self.data_removal is not None:
+            record["train_examples"] = self.task_size_now(task)
+        if self._sparsifier is not None and self._sparsifier.masks is not None:
+            record["density"] = self._sparsifier.global_density()
+            record["layer_nnz"] = dict(self._sparsifier.layer_nnz())
+        self.density_history.append(record)
+        if self.trainer.is_global_zero:
+            values = {"sparcl/train_examples": float(record["train_examples"] or full)}
+            for logger in self.trainer.loggers:
+                logger.log_metrics(values, step=self.trainer.global_step)
+
+    def task_size_now(self, task) -> int:
+        return len(self.data_removal.remaining(task.train_index))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        flops = self._sparsifier.flops if self._sparsifier is not None else None
+        if flops is None or not self._step:
+            return
+        # Replay a dense run of the base method would have done at this step but this run skipped.
+        replay = max(0, self._reference_replay(self._step["buffer"]) - self._step["replayed"])
+        removed = 0
+        self._epoch["steps"] += 1
+        self._epoch["current"] += self._step["current"]
+        self._step = {}
+        if batch_idx == self.trainer.num_training_batches - 1:  # the epoch's tail: removed examples
+            reference = self._epoch["reference_batches"]
+            removed = max(0, sum(reference) - self._epoch["current"])
+            replay += max(0, len(reference) - self._epoch["steps"]) * self._reference_replay(len(self.buffer))
+        flops.charge_reference_only(replay + removed)
+        self.reference_only["replay"] += replay
+        self.reference_only["removed_data"] += removed
+
+    def _reference_replay(self, buffer_len: int) -> int:
+        """Examples the base method replays in one step on this rank with ``buffer_len`` stored."""
+        if buffer_len == 0:
+            return 0
+        world, rank = self.trainer.world_size, self.global_rank
+        return self.replay_draws_per_step * len(range(rank, min(self.minibatch_size * world, buffer_len), world))
+
+    def _reference_batches(self, n_examples: int) -> list[int]:
+        """Batch sizes of one epoch over ``n_examples`` on this rank, as the trainer would run it."""
+        dm, trainer = self.trainer.datamodule, self.trainer
+        world = trainer.world_size
+        n = -(-n_examples // world) if world > 1 else n_examples  # DistributedSampler pads to equal shares
+        full, rest = divmod(n, dm.batch_size)
+        sizes = [dm.batch_size] * full
+        if rest and not (dm.drop_last and n_examples > dm.batch_size):
+            sizes.append(rest)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            sizes = sizes[:limit]
+        elif limit is not None and float(limit) != 1.0:
+            sizes = sizes[: int(len(sizes) * float(limit))]
+        return sizes
+
+    # -- state and summary -----------------------------------------------------------------------------
+    def method_state(self) -> dict[str, Any]:
+        state = super().method_state()
+        state["sparcl"] = {
+            "data_removal": self.data_removal.state_dict() if self.data_removal is not None else None,
+            "gradient_masking": self.gradient_masking.state_dict() if self.gradient_masking is not None else None,
+            "density_history": [dict(r) for r in self.density_history],
+            "reference_only": dict(self.reference_only),
+        }
+        return state
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        super().load_method_state(state)
+        saved = state.get("sparcl")
+        if saved is None:
+            return
+        if self.data_removal is not None and saved["data_removal"] is not None:
+            self.data_removal.load_state_dict(saved["data_removal"])
+        if self.gradient_masking is not None and saved["gradient_masking"] is not None:
+            self.gradient_masking.load_state_dict(saved["gradient_masking"])
+        self.density_history = [dict(r) for r in saved["density_history"]]
+        self.reference_only = dict(saved["reference_only"])
+
+    def summary_section(self, trainer) -> dict[str, Any]:
+        section = super().summary_section(trainer)
+        sparcl: dict[str, Any] = {
+            "base": self.base_name,
+            "restrict_current_ce": self.restrict_current_ce,
+            "replay_first_task": self.replay_first_task,
+            "tdm": self._sparsifier is not None
+            and self._sparsifier.rule is not None
+            and self._sparsifier.rule.name == "tdm",
+            "ddr": None,
+            "dgm": None,
+            "epochs": self.density_history,
+            "reference_only_samples": {k: v * trainer.world_size for k, v in self.reference_only.items()},
+        }
+        if self.data_removal is not None:
+            dr = self.data_removal
+            sparcl["ddr"] = {
+                "removal_epochs": dr.removal_epochs,
+                "remove_fraction": dr.remove_fraction,
+                "removed_total": sum(r["removed"] for r in dr.history),
+                "events": dr.history,
+            }
+        if self.gradient_masking is not None:
+            g = self.gradient_masking
+            sparcl["dgm"] = {
+                "gradient_sparsity": g.gradient_sparsity,
+                "relative_to": g.relative_to,
+                "refresh_every": g.refresh_every,
+                "refreshes": g.refreshes,
+                "gradient_density": g.mean_gradient_density(self._sparsifier.masks),
+            }
+        section["sparcl"] = sparcl
+        flops = self._sparsifier.flops if self._sparsifier is not None else None
+        if flops is not None and flops.dense_total:
+            section["metrics"] = {"flops/train_relative_to_dense": flops.train_relative_to_dense}
+        return section
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class SparCLDERPP(SparCLMixin, DERPP):
+    name = "sparcl"
+    base_name = "derpp"
+    replay_draws_per_step = 2  # the logit (MSE) draw and the label (CE) draw
+
+
+class SparCLER(SparCLMixin, ER):
+    name = "sparcl"
+    base_name = "er"
+    replay_draws_per_step = 1
+
+
+def SparCL(*args, base: str = "derpp", alpha: float = 0.1, beta: float = 0.5, **kwargs):
+    """Build SparCL on ``base`` (the ``_target_`` of configs/method/sparcl.yaml)."""
+    base = getattr(base, "value", base)
+    if base == "derpp":
+        return SparCLDERPP(*args, alpha=alpha, beta=beta, **kwargs)
+    if base == "er":  # alpha and beta are DER++'s: ER has no logit or buffer-CE term
+        return SparCLER(*args, **kwargs)
+    raise ConfigError("method.base", f"unknown value {base!r}", ", ".join(BASES))
