@@ -103,13 +103,13 @@ def query_partitions() -> dict[str, Partition]:
     return partitions
 
 
-def requested_gpus(params: Mapping[str, Any]) -> int:
-    """GPUs per node a submitit-launcher config asks for (gpus_per_node, gpus_per_task or gres)."""
+def requested_gpus(params: Mapping[str, Any]) -> tuple[int, str]:
+    """GPUs per node a submitit-launcher config asks for, and the setting that asks."""
     if params.get("gpus_per_node"):
-        return int(params["gpus_per_node"])
+        return int(params["gpus_per_node"]), "gpus_per_node"
     if params.get("gpus_per_task"):
-        return int(params["gpus_per_task"]) * int(params.get("tasks_per_node") or 1)
-    return gpu_count(params.get("gres"))
+        return int(params["gpus_per_task"]) * int(params.get("tasks_per_node") or 1), "gpus_per_task"
+    return gpu_count(params.get("gres")), "gres"
 
 
 def check_request(
@@ -156,12 +156,12 @@ def check_request(
             f"the largest node of {where} has {max_cpus}",
             f"cpus_per_task x tasks_per_node <= {max_cpus}",
         )
-    gpus = requested_gpus(params)
+    gpus, gpu_key = requested_gpus(params)
     max_gpus = max(n.gpus for n in nodes)
     if gpus > max_gpus:
         have = "no GPUs" if max_gpus == 0 else f"at most {max_gpus} GPUs per node"
         raise ConfigError(
-            f"{prefix}.gpus_per_node",
+            f"{prefix}.{gpu_key}",
             f"asks for {gpus} GPUs per node, {where} has {have}",
             "null or 0 on this partition" if max_gpus == 0 else f"<= {max_gpus}, or a partition with GPUs",
         )
