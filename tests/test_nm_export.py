@@ -134,3 +134,25 @@ def test_semi_structured_round_trip_on_gpu(pattern):
         assert type(sparse).__name__.startswith("SparseSemiStructuredTensor")
         assert torch.equal(sparse.to_dense(), weight)  # compression is lossless
     assert torch.allclose(dense(x), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_check_script_validates_masks_and_kernel_shapes(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "check_nm_export.py"), "--tokens", "64", "--repeats", "1", "--blocks", "1", "--patterns", "1:8", "4:8"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    one_eight, four_eight = figures["results"]
+    assert one_eight["all_2to4"] and all(v["cusparselt_fp16"] == "eligible" for v in one_eight["layers"].values())
+    assert not four_eight["all_2to4"]  # 4:8 can put 4 nonzeros in an aligned group of 4
+    if NO_GPU is None:
+        assert one_eight["to_dense_equal"] and one_eight["speedup"] > 0
+    else:
+        assert one_eight["speedup"] is None and figures["semi_structured_unavailable_reason"] == NO_GPU

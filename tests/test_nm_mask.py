@@ -100,3 +100,20 @@ def test_satisfies_2to4_on_real_masks():
     front_heavy = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.1, 0.1, 0.1, 0.1]])  # 4:8 keeps one whole aligned 4
     assert not satisfies_2to4(front_heavy * nm_mask(front_heavy, 4, 8))
     assert not satisfies_2to4(torch.ones(2, 6))  # input dimension not a multiple of 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (6, 8), (15, 16), (8, 16), (1, 32)]),
+    rows=st.integers(1, 20),
+    levels=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_paths_agree_with_the_stable_sort_rule_even_with_ties(nm, rows, levels, seed):
+    n, m = nm
+    # few distinct magnitudes: plenty of ties
+    w = torch.randint(-levels, levels + 1, (rows, 2 * m), generator=torch.Generator().manual_seed(seed)).float()
+    groups = w.abs().reshape(-1, m)
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    reference = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, order, True).reshape(w.shape)
+    assert torch.equal(nm_mask(w, n, m), reference)

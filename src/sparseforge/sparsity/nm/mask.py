@@ -45,10 +45,38 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     w = input_innermost(weight.detach())
     if w.shape[-1] % m:
         raise ValueError(f"input dimension {w.shape[-1]} is not divisible by M={m}")
-    groups = w.abs().reshape(-1, m)
-    keep_idx = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
-    keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device).scatter_(1, keep_idx, True)
+    keep = _keep_largest(w.abs().reshape(-1, m), n)
     return from_input_innermost(keep.reshape(w.shape))
+
+
+def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """Per row, True at the ``n`` largest entries; among equal values the lower index wins.
+
+    A stable descending sort defines the rule. When only one or two entries are picked or
+    dropped (1:M, 2:M, (M-1):M), repeated argmax/argmin gives the same answer several times
+    faster (argmax/argmin return the first extremum, which is the lower index).
+    """
+    m = groups.shape[1]
+    if min(n, m - n) > 2:
+        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+        return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device).scatter_(1, order, True)
+    rows = torch.arange(groups.shape[0], device=groups.device)
+    if n <= m - n:  # pick the n largest, one at a time
+        keep = torch.zeros(groups.shape, dtype=torch.bool, device=groups.device)
+        values = groups.clone()
+        for _ in range(n):
+            best = values.argmax(dim=1)
+            keep[rows, best] = True
+            values[rows, best] = -torch.inf
+        return keep
+    # drop the m - n smallest, one at a time; among equal values the higher index goes first
+    keep = torch.ones(groups.shape, dtype=torch.bool, device=groups.device)
+    values = groups.flip(1).clone()
+    for _ in range(m - n):
+        worst = values.argmin(dim=1)
+        keep[rows, m - 1 - worst] = False
+        values[rows, worst] = torch.inf
+    return keep
 
 
 def group_counts(tensor: torch.Tensor, m: int) -> torch.Tensor:
