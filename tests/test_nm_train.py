@@ -214,3 +214,22 @@ def test_bad_nm_values_fail_before_training(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"sparsity\.mdgf\.end_fraction"):
         build(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_two_ranks_keep_identical_masks_and_schedule(tmp_path, data_dir):
+    write_mnist_like(data_dir, n_train=200, n_test=50)
+    overrides = [o for o in _mlp_overrides(data_dir, "sdgf") if not o.startswith("logger=")]
+    proc = run_cli(
+        [*overrides, "hardware=ddp_cpu", "logger=csv", "run_name=nm_ddp", "print_config=false"],
+        env={"SPARSEFORGE_ROOT": str(tmp_path)},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "nm_ddp" / "summary.json").read_text())
+    sp, flops = summary["sparsity"], summary["flops"]
+    assert summary["status"] == "completed" and summary["config"]["trainer"]["devices"] == 2
+    assert sp["masks_checked_identical_on_ranks"] == 2  # on_train_end compared fingerprints across ranks
+    assert sp["final_pattern"] == "1:8" and sp["density"] == 1 / 8
+    assert sp["position"]["total"] == 8  # 2 ranks x 25 examples per batch: 2 steps per epoch, 4 epochs
+    assert flops["samples_trained"] == 4 * 200  # both ranks' examples, every epoch

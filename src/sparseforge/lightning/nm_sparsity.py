@@ -121,6 +121,7 @@ class NMSparsityCallback(pl.Callback):
         self.sparsifier: NMSparsifier | None = None
         self.flops: FlopsAccountant | None = None
         self.export_report: dict[str, Any] = {}
+        self.ranks_checked = 0
 
     # -- install and drive ----------------------------------------------------------------------
     @staticmethod
@@ -196,7 +197,7 @@ class NMSparsityCallback(pl.Callback):
     def summary_section(self, trainer: pl.Trainer) -> dict[str, Any]:
         if self.sparsifier is None:
             return {}
-        phase = self.sparsifier.verify()
+        phase = self.sparsifier.verify(check_ranks=False)  # ranks were compared in on_train_end
         stats = self.sparsifier.layer_stats()
         model = self.sparsifier.model
         sparse_nonzero = sum(s["nonzero"] for s in stats.values())
@@ -220,6 +221,7 @@ class NMSparsityCallback(pl.Callback):
             "layers": stats,
             "dense_layers": [name for name in all_layers if name not in stats],
             "dense_by_shape": list(self.sparsifier.dense_by_shape),
+            "masks_checked_identical_on_ranks": self.ranks_checked,
         }
         sections: dict[str, Any] = {"sparsity": sparsity}
         f = self.flops
@@ -248,6 +250,8 @@ class NMSparsityCallback(pl.Callback):
 
     # -- export ---------------------------------------------------------------------------------
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self.sparsifier.verify()  # exact N:M counts, and (under DDP) the same masks on every rank
+        self.ranks_checked = trainer.world_size
         if not self.export or not trainer.is_global_zero:
             return
         model = self.sparsifier.model

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseforge.errors import ConfigError
+from sparseforge.sparsity.distributed import gather, world_size
 from sparseforge.sparsity.nm.mask import group_counts, input_dim, nm_mask
 from sparseforge.sparsity.nm.schedule import NMSchedule, Phase
 from sparseforge.sparsity.nm.weight import NMWeight
@@ -137,12 +138,16 @@ class NMSparsifier:
         return out
 
     @torch.no_grad()
-    def verify(self) -> Phase:
-        """Check that every sparse layer's hard effective weight is N:M; raise if not. Returns the phase."""
+    def verify(self, check_ranks: bool = True) -> Phase:
+        """Check that every sparse layer's hard effective weight is N:M and, under torch.distributed,
+        that every rank holds the same masks; raise if not. Returns the (hard) phase."""
         phase = self.phase(hard=True)
+        masks = self.masks(phase)
+        if check_ranks:
+            self._check_ranks_agree(masks)
         if phase.dense:
             return phase
-        for name, mask in self.masks(phase).items():
+        for name, mask in masks.items():
             counts = group_counts(mask, phase.m)
             if not bool((counts == phase.n).all()):
                 raise RuntimeError(f"N:M mask of {name} does not keep exactly {phase.n} of every {phase.m}")
@@ -152,6 +157,20 @@ class NMSparsifier:
                     f"effective weight of {name} has more than {phase.n} nonzeros in a group of {phase.m}"
                 )
         return phase
+
+    def _check_ranks_agree(self, masks: dict[str, torch.Tensor]) -> None:
+        """Compare a position-weighted fingerprint of every mask across ranks (no-op without DDP)."""
+        if world_size() == 1:
+            return
+        prints = []
+        for mask in masks.values():
+            flat = mask.flatten().to(torch.int64)
+            weights = torch.arange(flat.numel(), device=flat.device, dtype=torch.int64) % 65521 + 1
+            prints.append(torch.stack([flat.sum(), (flat * weights).sum()]))
+        clock, total = self.position()
+        mine = torch.cat([*prints, torch.tensor([clock, total], device=prints[0].device)]).cpu()
+        if not all(torch.equal(mine, other) for other in gather(mine)):
+            raise RuntimeError("N:M masks or schedule positions differ between DDP ranks")
 
     @torch.no_grad()
     def layer_stats(self) -> dict[str, dict]:
