@@ -65,6 +65,7 @@ class Sharp(ContinualMethod):
         temperature: float = 0.1,
         batch_size_memory: int | None = None,
         reinit_idle: bool = True,
+        regrow_into_training: bool = True,
         replay_layer: str = "conv_early",
         predict_with: str = "knn",
         augment: bool = False,
@@ -119,6 +120,7 @@ class Sharp(ContinualMethod):
             knn_k=knn_k,
             temperature=temperature,
             reinit_idle=reinit_idle,
+            regrow_into_training=regrow_into_training,
             replay_layer=replay_layer,
             l2=l2,
             seed=seed,
@@ -126,25 +128,30 @@ class Sharp(ContinualMethod):
         self.memory_record = {"bytes": 0, "samples": 0, "transient_bytes": 0, "ltm_bytes": 0}
 
     # -- set-up checks --------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        dm.setup(stage)
-        self.learner.preprocess_raw = dm.preprocess_eval
+    def check_setup(self, datamodule) -> None:
+        """Pre-flight (run by ``train.build``): every replayed class needs 2 samples per step."""
+        super().check_setup(datamodule)
         m = self.learner.stm_num_tasks
+        tasks = datamodule.tasks
         replayed = max(
-            (len(set().union(*[t.classes for t in dm.tasks[max(0, e - m) : e]])) for e in range(1, dm.n_tasks)),
+            (len(set().union(*[t.classes for t in tasks[max(0, e - m) : e]])) for e in range(1, len(tasks))),
             default=0,
         )
-        need = 2 * replayed
-        size = self.batch_size_memory or dm.batch_size
+        size = self.batch_size_memory or datamodule.batch_size
         _check(
             "batch_size_memory",
-            size >= need,
+            size >= 2 * replayed,
             f"{size} replayed samples per step cannot give each of the {replayed} replayed classes the 2 samples SupCon needs",
-            f">= {need}",
+            f">= {2 * replayed}",
         )
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.learner.preprocess_raw = dm.preprocess_eval
         for callback in self.trainer.callbacks:
-            if type(callback).__module__.startswith("sparseforge.lightning.sparsity"):
+            # the DST and N:M callbacks; sparsity=dense only counts FLOPs and stays
+            dense = getattr(getattr(callback, "options", None), "is_dense", False)
+            if "sparsity" in type(callback).__module__ and not dense:
                 raise ConfigError(
                     "sparsity", "SHARP rewires its own masks; a sparsity method cannot run beside it", "sparsity=dense"
                 )

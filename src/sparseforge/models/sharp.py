@@ -109,7 +109,7 @@ class SharpNet(nn.Module):
         yield from ((m, False) for m in [*self.hidden, self.penultimate])
 
     def _run(self, x: torch.Tensor, start: int, record: list | None = None) -> torch.Tensor:
-        for _k, (module, pool) in enumerate(list(self._stages())[start:], start=start):
+        for module, pool in list(self._stages())[start:]:
             if isinstance(module, nn.Linear) and x.dim() > 2:
                 x = x.flatten(1)
             x = F.relu(module(x))

@@ -51,6 +51,7 @@ class SharpLearner:
         knn_k: int = 5,
         temperature: float = 0.1,
         reinit_idle: bool = True,
+        regrow_into_training: bool = True,
         replay_layer: str = "conv_early",
         l2: float = 0.0,
         seed: int = 0,
@@ -70,6 +71,7 @@ class SharpLearner:
         self.stm_num_tasks = int(stm_num_tasks)
         self.ltm_per_class, self.temperature = int(ltm_per_class), float(temperature)
         self.reinit_idle, self.replay_layer, self.l2 = bool(reinit_idle), replay_layer, float(l2)
+        self.regrow_into_training = bool(regrow_into_training)
         self.seed = int(seed)
         self.stm = ShortTermMemory(stm_per_class, stm_num_tasks)
         self.ltm = LongTermMemory(knn_k)
@@ -122,13 +124,15 @@ class SharpLearner:
         for layer in self.layers:
             mask = self.masks[layer.name]
             in_ranks = rewire.input_ranks(layer, previous, mask.shape[1])
-            new_masks[layer.name], s = rewire.rewire_layer(mask, in_ranks, self.ranks[layer.name], g)
+            new_masks[layer.name], s = rewire.rewire_layer(
+                mask, in_ranks, self.ranks[layer.name], g, self.regrow_into_training
+            )
             if s.shortfall:  # the only way a layer's count may change
                 log.warning(
                     "SHARP %s: only %d of %d dropped connections could be regrown", layer.name, s.grown, s.dropped
                 )
                 target[layer.name] = self.masks.target_nnz[layer.name] - s.shortfall * s.elements_per_connection
-            stats[layer.name] = {"dropped": s.dropped, "grown": s.grown}
+            stats[layer.name] = {"dropped": s.dropped, "grown": s.grown, "grown_into_training": s.grown_into_training}
             previous = self.ranks[layer.name]
         self.masks.set_masks(new_masks, target_nnz=target)  # new weights start at 0
         self.masks.check()  # exact counts, pruned weights zero

@@ -51,13 +51,19 @@ def input_ranks(layer: WeightLayer, previous_ranks: torch.Tensor | None, in_feat
 @dataclass
 class RewireStats:
     dropped: int  # connections removed (kernels for convs)
-    grown: int  # connections added
+    grown: int  # connections added, in total
     elements_per_connection: int  # k*k for convs, 1 for linear
+    grown_into_training: int = 0  # of ``grown``: the fallback into training units
 
     @property
     def shortfall(self) -> int:
         """Connections that could not be regrown because candidates ran out."""
         return self.dropped - self.grown
+
+
+def _sample(candidates: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    flat = candidates.flatten().nonzero().flatten()
+    return flat[torch.randperm(len(flat), generator=generator)[: min(n, len(flat))]]
 
 
 @torch.no_grad()
@@ -66,19 +72,31 @@ def rewire_layer(
     in_ranks: torch.Tensor,
     out_ranks: torch.Tensor,
     generator: torch.Generator,
+    fallback_into_training: bool = True,
 ) -> tuple[torch.Tensor, RewireStats]:
     """Drop every connection from an idle input into a non-idle unit; regrow as many at random
-    into idle units (from any input, where absent). Returns the new mask and the counts."""
+    into idle units (from any input, where absent). Returns the new mask and the counts.
+
+    When the layer has too few absent links into idle units (every unit selected, as happens in
+    narrow convs under the early ~99% thresholds), the authors' code lets the density drop. With
+    ``fallback_into_training`` the rest are regrown into training (rank-1) units from non-idle
+    inputs instead, which keeps the count exact and still never touches a fine-tuning or frozen
+    unit, nor creates an idle -> active link.
+    """
     conn = connections(mask).cpu()
     idle_in = (in_ranks == 0).view(1, -1)
     active_out = (out_ranks != 0).view(-1, 1)
     drop = conn & idle_in & active_out
     n_drop = int(drop.sum())
     conn = conn & ~drop
-    candidates = (~conn & (out_ranks == 0).view(-1, 1)).flatten().nonzero().flatten()
-    n_grow = min(n_drop, len(candidates))
-    if n_grow:
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n_grow]]
-        conn.view(-1)[chosen] = True
+    chosen = _sample(~conn & (out_ranks == 0).view(-1, 1), n_drop, generator)
+    conn.view(-1)[chosen] = True
+    n_idle = len(chosen)
+    n_training = 0
+    if fallback_into_training and n_idle < n_drop:
+        extra = _sample(~conn & (out_ranks == 1).view(-1, 1) & ~idle_in, n_drop - n_idle, generator)
+        conn.view(-1)[extra] = True
+        n_training = len(extra)
     per = mask[0, 0].numel() if mask.dim() > 2 else 1
-    return full_mask(conn, mask.cpu()).to(mask.device), RewireStats(n_drop, n_grow, per)
+    stats = RewireStats(n_drop, n_idle + n_training, per, n_training)
+    return full_mask(conn, mask.cpu()).to(mask.device), stats
