@@ -157,6 +157,7 @@ class SharpMethodConfig:
     temperature: float = 0.1
     batch_size_memory: Optional[int] = None
     reinit_idle: bool = True
+    regrow_into_training: bool = True
     replay_layer: str = "conv_early"
     predict_with: str = "knn"
     augment: bool = False
