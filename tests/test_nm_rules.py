@@ -220,3 +220,14 @@ def test_position_buffers_travel_with_the_state_dict():
     assert sp_b.position() == (7, 10)
     assert sp_b.phase() == sp_a.phase()
     assert torch.equal(b[0].weight, a[0].weight)
+
+
+def test_srste_term_survives_fp16_loss_scaling():
+    layer, sp = one_layer("srste", W, srste_lambda=0.1)
+    sp.set_position(0, 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    sp.set_loss_scale(lambda: scaler._scale)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    scaler.scale(layer(X).sum()).backward()
+    scaler.unscale_(opt)
+    assert dense_weight(layer).grad[0].tolist() == pytest.approx([2.1, 1.0, 3.05, -1.0])

@@ -145,6 +145,9 @@ class NMSparsityCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.preflight(pl_module)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: SR-STE's term must be scaled too
+        if scaler is not None:
+            self.sparsifier.set_loss_scale(lambda: scaler._scale if scaler.is_enabled() else None)
 
     def _clock_of(self, trainer: pl.Trainer) -> int:
         return trainer.global_step if self.clock == "step" else trainer.current_epoch

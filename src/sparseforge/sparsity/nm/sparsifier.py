@@ -116,6 +116,11 @@ class NMSparsifier:
         for p in self.parametrizations().values():
             p.set_position(clock, total)
 
+    def set_loss_scale(self, provider) -> None:
+        """``provider() -> tensor`` gives the fp16 GradScaler's current scale (None: no loss scaling)."""
+        for p in self.parametrizations().values():
+            p.loss_scale = provider
+
     def position(self) -> tuple[int, int]:
         return next(iter(self.parametrizations().values())).position()
 

@@ -17,6 +17,8 @@ Biases are not touched: they are separate parameters and stay dense and trainabl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -31,12 +33,14 @@ class _NMMaskedWeight(torch.autograd.Function):
     - ``exact_grad`` (MdGf autograd variant): dL/dw = dL/dw~ * (keep + (1 - keep) * alpha);
     - ``sr_lambda`` > 0 (SR-STE): + sr_lambda * (1 - keep) * w, added to the gradient itself (as
       the baseline does), so it goes through the optimizer, its moments and gradient clipping.
+      Under fp16 loss scaling the incoming gradient is scaled by S and is unscaled before the
+      step, so the term is multiplied by S here (``loss_scale()``) to stay lambda * w after it.
     """
 
     @staticmethod
-    def forward(ctx, weight, keep, alpha: float, sr_lambda: float, exact_grad: bool):
+    def forward(ctx, weight, keep, alpha: float, sr_lambda: float, exact_grad: bool, loss_scale=None):
         scale = keep.to(weight.dtype) if alpha == 0.0 else torch.where(keep, 1.0, alpha).to(weight.dtype)
-        ctx.alpha, ctx.sr_lambda, ctx.exact_grad = alpha, sr_lambda, exact_grad
+        ctx.alpha, ctx.sr_lambda, ctx.exact_grad, ctx.loss_scale = alpha, sr_lambda, exact_grad, loss_scale
         ctx.save_for_backward(keep, weight if sr_lambda else None)
         return weight * scale
 
@@ -48,8 +52,14 @@ class _NMMaskedWeight(torch.autograd.Function):
                 keep.to(grad.dtype) if ctx.alpha == 0.0 else torch.where(keep, 1.0, ctx.alpha).to(grad.dtype)
             )
         if ctx.sr_lambda:
-            grad = grad + ctx.sr_lambda * (~keep).to(weight.dtype) * weight
-        return grad, None, None, None, None
+            term = ctx.sr_lambda * (~keep).to(weight.dtype) * weight
+            if ctx.loss_scale is not None:
+                scale = ctx.loss_scale()
+                if scale is None:
+                    raise RuntimeError("SR-STE under fp16 loss scaling: the GradScaler has no scale yet")
+                term = term * scale.to(term.dtype)
+            grad = grad + term
+        return grad, None, None, None, None, None
 
 
 class NMWeight(nn.Module):
@@ -66,6 +76,8 @@ class NMWeight(nn.Module):
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("total", torch.zeros((), dtype=torch.long))
         self._position: tuple[int, int] | None = (0, 0)
+        # () -> current fp16 loss scale (a tensor), set by the trainer glue under 16-mixed; not state
+        self.loss_scale: Callable[[], torch.Tensor | None] | None = None
 
     # -- schedule position ----------------------------------------------------------------------
     def set_position(self, clock: int, total: int) -> None:
@@ -104,7 +116,7 @@ class NMWeight(nn.Module):
         schedule = self.schedule
         sr_lambda = schedule.srste_lambda if schedule.mode == "srste" else 0.0
         exact_grad = schedule.mode == "mdgf" and schedule.decay_backward == "autograd"
-        return _NMMaskedWeight.apply(weight, keep, phase.alpha, sr_lambda, exact_grad)
+        return _NMMaskedWeight.apply(weight, keep, phase.alpha, sr_lambda, exact_grad, self.loss_scale)
 
     def extra_repr(self) -> str:
         return f"target={self.schedule.pattern}, mode={self.schedule.mode}"
