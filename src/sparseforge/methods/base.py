@@ -7,6 +7,8 @@ Avalanche's before/after hooks):
 - ``begin_task(task)`` / ``end_task(task)``: called by the task loop at task boundaries;
 - ``training_indices(task, tasks)``: which training examples this task trains on;
 - ``predict_scores(x)``: class scores used for evaluation (default: the model's logits);
+- ``check_setup(datamodule)``: pre-flight checks against the scenario and data, run by
+  ``train.build`` before anything is written (raise ``ConfigError``);
 - ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
   (replay buffers, statistics). It is saved with every checkpoint and restored on resume.
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseforge.continual.scenarios import Task
+from sparseforge.errors import ConfigError
 
 
 class ContinualMethod(pl.LightningModule):
@@ -73,6 +76,10 @@ class ContinualMethod(pl.LightningModule):
 
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
+
+    def check_setup(self, datamodule) -> None:
+        if datamodule.scenario.task_incremental and not self.supports_task_il:
+            raise ConfigError("method", f"{self.name} cannot be evaluated task-incrementally", "scenario=class_il")
 
     def method_state(self) -> dict[str, Any]:
         return {}
