@@ -34,7 +34,7 @@ NOT_PART_OF_POINT = (
     "trainer.enable_progress_bar",
 )
 SEED_KEY = "seed"
-_MAX_READABLE = 80
+_MAX_READABLE = 120
 
 
 def override_key(override: str) -> str:
@@ -60,15 +60,20 @@ def point_hash(overrides: Iterable[str], experiment: Any = None, seed: Any = Non
 
 
 def point_dirname(overrides: Iterable[str], experiment: Any = None, seed: Any = None) -> str:
-    """A readable, deterministic directory name: ``seed=0,sparsity.density=0.1-3f2a9c1b0d``.
+    """A readable, deterministic directory name: ``density=0.1,seed=0-3f2a9c1b0d``.
 
-    The readable part is the point's overrides (truncated, path separators replaced); the hash
-    after it is what makes the name unique.
+    The readable part is the point's overrides with keys shortened to their last component
+    (truncated, path separators replaced); the hash after it is what makes the name unique.
     """
     overrides = list(overrides)
-    readable = ",".join(o.lstrip("+~") for o in point_overrides(overrides))
+    readable = ",".join(_short_override(o) for o in point_overrides(overrides))
     readable = re.sub(r"[/\\\s]+", "_", readable)[:_MAX_READABLE] or "default"
     return f"{readable}-{point_hash(overrides, experiment, seed)}"
+
+
+def _short_override(override: str) -> str:
+    key, _, value = override.lstrip("+~").partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}"
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
