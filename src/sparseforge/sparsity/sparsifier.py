@@ -168,8 +168,7 @@ class Sparsifier:
                 self.rule.observe(self, grads)
             if update_next:
                 finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads.values())
-                device = next(iter(self.masks.masks.values())).device
-                if distributed.all_ranks_agree(finite, device):
+                if distributed.all_ranks_agree(finite):
                     self.rule.prepare(self, self.drop_fraction_at(upcoming), grads)
                     self._prepared = True
                     self._dense_grad_step = self.rule.needs_dense_grad
@@ -261,7 +260,7 @@ class Sparsifier:
             return
         self.masks.check()
         if distributed.world_size() > 1:
-            mine = self.masks.fingerprint()
+            mine = self.masks.fingerprint().cpu()
             for other_rank, theirs in enumerate(distributed.gather(mine)):
                 differ = (theirs != mine).nonzero().flatten().tolist()
                 if differ:
