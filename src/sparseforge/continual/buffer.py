@@ -161,13 +161,14 @@ class ReplayBuffer:
             grown[: len(self.seen_per_class)] = self.seen_per_class
             self.seen_per_class = grown
         quota = self._quotas()
-        self._shrink_to(quota)
+        if len(new):  # shares only change when a class appears
+            self._shrink_to(quota)
 
         slots = torch.full((len(y),), -1, dtype=torch.long)
         for c in present.tolist():
             items = torch.nonzero(y == c).flatten()
             stored = torch.nonzero(self.valid & (self.slot_label == c)).flatten()
-            q = quota[c]
+            q = int(quota[c])
             n_fill = max(0, min(len(items), q - len(stored)))
             if n_fill:
                 free = torch.nonzero(~self.valid).flatten()
@@ -186,18 +187,21 @@ class ReplayBuffer:
             self.seen_per_class[c] += len(items)
         return slots
 
-    def _quotas(self) -> dict[int, int]:
+    def _quotas(self) -> torch.Tensor:
+        """Slots per class, indexed by label (0 for classes not seen yet)."""
         k = len(self.class_order)
         base, extra = divmod(self.capacity, k)
-        return {int(c): base + (rank < extra) for rank, c in enumerate(self.class_order.tolist())}
+        quota = torch.zeros(len(self.seen_per_class), dtype=torch.long)
+        quota[self.class_order] = base + (torch.arange(k) < extra).long()
+        return quota
 
-    def _shrink_to(self, quota: dict[int, int]) -> None:
+    def _shrink_to(self, quota: torch.Tensor) -> None:
         """Free random slots of every class stored above its quota."""
         occupied = torch.nonzero(self.valid).flatten()
         if not len(occupied):
             return
         labels = self.slot_label[occupied]
-        limits = torch.tensor([quota.get(int(c), 0) for c in labels.tolist()], dtype=torch.long)
+        limits = quota[labels]
         # Rank the slots of each class in a random order; drop those ranked at or past the quota.
         order = torch.randperm(len(occupied), generator=self.generator)
         order = order[torch.sort(labels[order], stable=True).indices]

@@ -1,0 +1,36 @@
+"""Helpers for the continual-learning tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sparseforge.methods.base import ContinualMethod
+
+# Dense, quiet, no W&B: the CL tests pin sparsity=dense (the default run may be sparse).
+QUIET = ["sparsity=dense", "logger=none", "print_config=false", "trainer.enable_progress_bar=false"]
+
+
+class ClassILOnly(ContinualMethod):
+    """A method that declares it cannot be evaluated task-incrementally (e.g. a kNN head)."""
+
+    name = "class_il_only"
+    supports_task_il = False
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+class one_thread:
+    """Run tiny models with one intra-op thread: on a shared 2-core machine several threads per
+    process make small ops tens of times slower."""
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
