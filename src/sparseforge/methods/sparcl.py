@@ -85,7 +85,8 @@ class SparCLMixin:
             else None
         )
         self.density_history: list[dict[str, Any]] = []  # per epoch: task, epoch, sparse-layer density
-        # Examples only the dense reference run processes: DDR's removed data, replay not done.
+        # Examples only the dense reference run processes: DDR's removed data (with the replay of
+        # the steps it would take) and replay skipped on the steps run (the first task).
         self.reference_only = {"removed_data": 0, "replay": 0}
         self._class_mask: torch.Tensor | None = None
         self._batch = None
@@ -164,6 +165,7 @@ class SparCLMixin:
 
     # -- per epoch and per step ------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         dm = self.trainer.datamodule
         epoch, task = self.trainer.current_epoch, dm.tasks[dm.task_of_epoch(self.trainer.current_epoch)]
         if self.gradient_masking is not None:
@@ -186,6 +188,7 @@ class SparCLMixin:
         return len(self.data_removal.remaining(task.train_index))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         flops = self._sparsifier.flops if self._sparsifier is not None else None
         if flops is None or not self._step:
             return
@@ -195,10 +198,11 @@ class SparCLMixin:
         self._epoch["steps"] += 1
         self._epoch["current"] += self._step["current"]
         self._step = {}
-        if batch_idx == self.trainer.num_training_batches - 1:  # the epoch's tail: removed examples
+        if batch_idx == self.trainer.num_training_batches - 1:
+            # The epoch's tail: DDR's removed examples and the replay of the steps they would take.
             reference = self._epoch["reference_batches"]
             removed = max(0, sum(reference) - self._epoch["current"])
-            replay += max(0, len(reference) - self._epoch["steps"]) * self._reference_replay(len(self.buffer))
+            removed += max(0, len(reference) - self._epoch["steps"]) * self._reference_replay(len(self.buffer))
         flops.charge_reference_only(replay + removed)
         self.reference_only["replay"] += replay
         self.reference_only["removed_data"] += removed
