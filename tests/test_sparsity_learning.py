@@ -1,0 +1,70 @@
+"""Sparse training really learns: LeNet-300-100 on full MNIST through the real config.
+
+Measured with experiments/sparsity_mnist_margins.py (3 epochs, seeds 0/1/2, dense_mnist recipe):
+dense 98.06/98.10/98.21, RigL ERK 0.1 97.05/97.22/97.42 (dense ahead by 1.01/0.88/0.79 points);
+at density 0.02, RigL ERK 94.30/94.25/94.90 vs uniform 93.02/93.00/91.76 (ERK ahead by
+1.28/1.25/3.14 points). The gap threshold is the issue's 1.5 points; the ERK lead must be at
+least 0.6 points (half the smallest measured lead).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparseforge.train import train
+from tests.helpers.config import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def one_thread():
+    # Several processes share two cores in CI; one torch thread each is far faster than two.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def mnist_accuracy(tmp_path, full_mnist_dir, name: str, overrides: list[str]) -> dict:
+    run_dir = tmp_path / name
+    cfg = compose_config(
+        [
+            "+experiment=dense_mnist",
+            f"paths.data_dir={full_mnist_dir}",
+            "dataset.download=false",
+            "scenario.epochs_per_task=3",
+            "seed=0",
+            "logger=none",
+            "hardware=cpu",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ],
+        output_dir=run_dir,
+    )
+    train(cfg)
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_rigl_at_density_0_1_ends_within_1_5_points_of_dense(tmp_path, full_mnist_dir, one_thread):
+    dense = mnist_accuracy(tmp_path, full_mnist_dir, "dense", ["sparsity=dense"])
+    rigl = mnist_accuracy(tmp_path, full_mnist_dir, "rigl", ["sparsity=rigl", "sparsity.density=0.1"])
+    assert rigl["sparsity"]["density"] == pytest.approx(0.1, abs=1e-5) and rigl["sparsity"]["updates"] > 0
+    assert rigl["flops"]["train_relative_to_dense"] < 0.25
+    gap = dense["metrics"]["test/acc"] - rigl["metrics"]["test/acc"]
+    print(f"dense {dense['metrics']['test/acc']:.4f} rigl {rigl['metrics']['test/acc']:.4f} gap {gap:.4f}")
+    assert dense["metrics"]["test/acc"] > 0.97
+    assert gap <= 0.015
+
+
+def test_erk_beats_uniform_at_a_low_density(tmp_path, full_mnist_dir, one_thread):
+    low = ["sparsity=rigl", "sparsity.density=0.02"]
+    erk = mnist_accuracy(tmp_path, full_mnist_dir, "erk", [*low, "sparsity.distribution=erk"])
+    uniform = mnist_accuracy(tmp_path, full_mnist_dir, "uniform", [*low, "sparsity.distribution=uniform"])
+    assert erk["sparsity"]["density"] == uniform["sparsity"]["density"]  # the same budget, exactly
+    lead = erk["metrics"]["test/acc"] - uniform["metrics"]["test/acc"]
+    print(f"erk {erk['metrics']['test/acc']:.4f} uniform {uniform['metrics']['test/acc']:.4f} lead {lead:.4f}")
+    assert lead >= 0.006
