@@ -36,8 +36,9 @@ TINY = [
     "print_config=false",
     "trainer.enable_progress_bar=false",
 ]
-SWEEP = ["seed=0,1", "optimizer.lr=0.05,0.1"]  # Hydra's order: the first point is seed=0 optimizer.lr=0.05
-FIRST_POINT = ["seed=0", "optimizer.lr=0.05"]
+SWEEP = ["seed=0,1", "optimizer.lr=0.05,0.1"]  # Hydra's order: array task 0 is seed=0 lr=0.05, task 1 seed=0 lr=0.1
+FIRST_POINT = ("seed=0", "optimizer.lr=0.05")
+SECOND_POINT = ("seed=0", "optimizer.lr=0.1")
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +65,13 @@ def job_ids():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The first sweep point trained uninterrupted, in this process."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    metrics = train(compose_config([*TINY, "logger=csv", *FIRST_POINT], output_dir=out))
-    return metrics, weights(out)
+    """The first two sweep points trained uninterrupted, in this process: point -> (metrics, weights)."""
+    runs = {}
+    for point in (FIRST_POINT, SECOND_POINT):
+        out = tmp_path_factory.mktemp("reference") / "run"
+        metrics = train(compose_config([*TINY, "logger=csv", *point], output_dir=out))
+        runs[point] = metrics, weights(out)
+    return runs
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -85,13 +89,22 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\nsqueue:\n{squeue}")
 
 
-def first_checkpoint(sweep_dir: Path) -> Path | None:
-    """The first point's run dir (found by its .hydra/overrides.yaml) once it has a last.ckpt."""
+def checkpointed(sweep_dir: Path, point) -> Path | None:
+    """The point's run dir (found by its .hydra/overrides.yaml) once it has a last.ckpt."""
     for overrides in sweep_dir.glob("*/.hydra/overrides.yaml"):
         run_dir = overrides.parents[1]
-        if all(f"- {o}" in overrides.read_text().splitlines() for o in FIRST_POINT):
+        if all(f"- {o}" in overrides.read_text().splitlines() for o in point):
             return run_dir if (run_dir / "checkpoints" / "last.ckpt").exists() else None
     return None
+
+
+def send_signal(job: str, signal: str) -> None:
+    """scancel --signal; scancel itself keeps retrying while the job is being requeued: do not wait on it."""
+    sender = subprocess.Popen(["scancel", f"--signal={signal}", job])
+    try:
+        sender.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        sender.kill()
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
@@ -135,17 +148,12 @@ def test_submitit_sweep_is_one_array_resumes_a_preempted_point_and_a_rerun_submi
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        first = wait_for(lambda: first_checkpoint(sweep_dir), 600, "the first point's first checkpoint")
+        first = wait_for(lambda: checkpointed(sweep_dir, FIRST_POINT), 600, "the first point's first checkpoint")
         task_dirs = [p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
         array_id = task_dirs[0].split("_")[0]
         job_ids.append(array_id)
         # submitit's own preemption signal: it requeues the task, which must resume from last.ckpt
-        # (scancel itself keeps retrying while submitit's own requeue moves the task: do not wait on it)
-        signal = subprocess.Popen(["scancel", "--signal=USR2", f"{array_id}_0"])
-        try:
-            signal.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            signal.kill()
+        send_signal(f"{array_id}_0", "USR2")
         assert launcher.wait(timeout=1500) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     finally:
         if launcher.poll() is None:
@@ -160,7 +168,7 @@ def test_submitit_sweep_is_one_array_resumes_a_preempted_point_and_a_rerun_submi
     assert "this job is preempted" in task_log and f"Requeued job {array_id}_0" in task_log
     assert "SLURM auto-requeueing enabled" not in task_log  # Lightning does not also requeue
     assert json.loads((first / "summary.json").read_text())["resumed_from"] == str(first / "checkpoints" / "last.ckpt")
-    assert_same_result(first, reference)
+    assert_same_result(first, reference[FIRST_POINT])
 
     # the same sweep again: every point is complete, nothing is submitted, nothing rewritten
     jobs_before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
@@ -173,7 +181,7 @@ def test_submitit_sweep_is_one_array_resumes_a_preempted_point_and_a_rerun_submi
 
 
 @pytest.mark.timeout(1800)
-def test_sbatch_array_runs_the_planned_lines_resumes_a_requeued_task_and_aggregates(
+def test_sbatch_array_runs_the_planned_lines_resumes_requeued_tasks_and_aggregates(
     tmp_path, slurm_cluster, reference, job_ids
 ):
     plan_args = [
@@ -205,8 +213,10 @@ def test_sbatch_array_runs_the_planned_lines_resumes_a_requeued_task_and_aggrega
     job_ids.append(array_id)
 
     sweep_dir = tmp_path / "multiruns" / "arr"
-    first = wait_for(lambda: first_checkpoint(sweep_dir), 600, "the first point's first checkpoint")
-    subprocess.run(["scontrol", "requeue", f"{array_id}_0"], check=True, timeout=30)
+    first = wait_for(lambda: checkpointed(sweep_dir, FIRST_POINT), 600, "the first point's first checkpoint")
+    subprocess.run(["scontrol", "requeue", f"{array_id}_0"], check=True, timeout=30)  # as an admin or preemption would
+    second = wait_for(lambda: checkpointed(sweep_dir, SECOND_POINT), 600, "the second point's first checkpoint")
+    send_signal(f"{array_id}_1", "USR1")  # what --signal=USR1@90 sends before the time limit
     wait_for(lambda: queue_empty(array_id), 1500, f"array {array_id} to finish", interval=2)
 
     done = summaries(sweep_dir)
@@ -216,7 +226,15 @@ def test_sbatch_array_runs_the_planned_lines_resumes_a_requeued_task_and_aggrega
     assert "(restart 0)" in first_log and "(restart 1)" in first_log
     assert "SLURM auto-requeueing enabled" in first_log  # Lightning owns requeue on this path
     assert json.loads((first / "summary.json").read_text())["resumed_from"] == str(first / "checkpoints" / "last.ckpt")
-    assert_same_result(first, reference)
+    assert_same_result(first, reference[FIRST_POINT])
+    # Lightning answered USR1: HPC checkpoint, requeue of this array task, resume from last.ckpt
+    second_log = logs[f"{array_id}_1.out"]
+    assert "Handling auto-requeue signal" in second_log and "(restart 1)" in second_log
+    assert (second / "hpc_ckpt_1.ckpt").exists()
+    assert json.loads((second / "summary.json").read_text())["resumed_from"] == str(
+        second / "checkpoints" / "last.ckpt"
+    )
+    assert_same_result(second, reference[SECOND_POINT])
     # the restarted job continued the same W&B run: two offline segments, one run id
     segments = sorted((first / "wandb").glob("offline-run-*"))
     assert len(segments) == 2

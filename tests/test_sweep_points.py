@@ -204,3 +204,28 @@ def test_wandb_sweep_template_passes_valid_hydra_overrides(tmp_path):
     cfg = compose_config([*first, *sweep["command"][4:]], output_dir=tmp_path)
     assert cfg.sparsity.density == params["sparsity.density"]["values"][0]
     assert cfg.logger.wandb.group == "wandb_density"
+
+
+def test_slurm_environment_only_inside_a_slurm_step(monkeypatch):
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from sparseforge.lightning.slurm import slurm_environment
+
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    assert slurm_environment(auto_requeue=True) is None  # not under srun: nothing to requeue
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "sparseforge")
+    env = slurm_environment(auto_requeue=False, requeue_signal="SIGUSR2")
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+    assert env.requeue_signal.name == "SIGUSR2"
+    with pytest.raises(ConfigError, match="slurm_environment.requeue_signal: unknown signal 'USR9'"):
+        slurm_environment(requeue_signal="USR9")
+
+
+def test_hardware_slurm_gives_requeue_to_submitit(tmp_path):
+    from tests.helpers.config import compose_config
+
+    cfg = compose_config(["hardware=slurm"], output_dir=tmp_path)
+    assert cfg.slurm_environment.auto_requeue is False and cfg.ckpt_path == "auto"
+    assert compose_config([], output_dir=tmp_path).slurm_environment.auto_requeue is True  # the sbatch path
