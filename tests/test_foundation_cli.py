@@ -16,7 +16,7 @@ import torch
 
 from sparseforge.lightning.loggers import run_id_for
 from tests.conftest import run_cli
-from tests.helpers.wandb_records import logged_config, of_type, offline_run_dirs, read_records
+from tests.helpers.wandb_records import logged_config, of_type, offline_run_dirs, records_when_finished
 
 
 def summaries(root: Path) -> list[Path]:
@@ -50,7 +50,7 @@ def test_default_run_offline_under_60s_with_table_and_run_dir(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # no key configured: W&B went offline by itself, never prompted, and finished the run
     (offline,) = offline_run_dirs(run_dir)
-    records = read_records(next(offline.glob("run-*.wandb")))
+    records = records_when_finished(offline)
     assert of_type(records, "exit") and logged_config(records)["seed"] == 0
 
 
@@ -79,7 +79,8 @@ def test_multirun_over_two_values_gives_two_runs_each_finished(tmp_path):
     for path in found:
         (offline,) = offline_run_dirs(path.parent)
         run_id = run_id_for(path.parent)
-        records = read_records(offline / f"run-{run_id}.wandb")
+        assert offline.name.endswith(run_id)
+        records = records_when_finished(offline)
         assert of_type(records, "exit")  # each job's W&B run was finished before the next began
         ids.add(run_id)
     assert len(ids) == 2

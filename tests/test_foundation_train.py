@@ -15,7 +15,7 @@ from sparseforge.methods.base import ContinualMethod
 from sparseforge.train import train
 from tests.helpers import fake_data
 from tests.helpers.config import compose_config
-from tests.helpers.wandb_records import logged_config, of_type, offline_run_dirs, read_records
+from tests.helpers.wandb_records import logged_config, of_type, offline_run_dirs, records_when_finished
 
 SUMMARY_KEYS = {"status", "seed", "metrics", "wall_time_s", "n_params", "config"}
 
@@ -126,7 +126,7 @@ def test_failure_writes_a_failed_summary_and_finishes_wandb(tmp_path, monkeypatc
 
     assert wandb.run is None  # finished, not left open for the next job
     (offline,) = offline_run_dirs(run_dir)
-    (exit_record,) = of_type(read_records(next(offline.glob("run-*.wandb"))), "exit")
+    (exit_record,) = of_type(records_when_finished(offline), "exit")
     assert exit_record.exit.exit_code == 1
 
 
@@ -139,7 +139,7 @@ def test_wandb_offline_run_holds_the_resolved_config(tmp_path):
     (offline,) = offline_run_dirs(run_dir)
     run_id = run_id_for(run_dir)
     assert offline.name.endswith(run_id)  # deterministic id, derived from the run directory
-    records = read_records(offline / f"run-{run_id}.wandb")
+    records = records_when_finished(offline)
     (header,) = of_type(records, "run")
     r = header.run
     assert (r.run_id, r.project, r.run_group, r.job_type, list(r.tags)) == (run_id, "proj", "dense_mnist", "unit", ["t1", "t2"])

@@ -68,3 +68,18 @@ def logged_config(records: list[Any]) -> dict[str, Any]:
 
 def offline_run_dirs(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+
+def records_when_finished(offline_dir: str | Path, timeout: float = 120.0) -> list[Any]:
+    """The records of a finished offline run. ``wandb.finish()`` returns once the SDK has handed
+    the exit over to the wandb-core service, which writes the file on its own schedule (seconds
+    on a loaded machine), so wait for the exit record rather than read too early."""
+    import time
+
+    path = next(Path(offline_dir).glob("run-*.wandb"))
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if of_type(records, "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
