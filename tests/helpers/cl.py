@@ -34,3 +34,15 @@ class one_thread:
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.before)
+
+
+def buffer_dump():
+    """A callback that saves every rank's replay buffer at the end (checks DDP consistency)."""
+    import lightning.pytorch as pl
+
+    class BufferDump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            path = f"{trainer.default_root_dir}/buffer_rank{trainer.global_rank}.pt"
+            torch.save(pl_module.buffer.state_dict(), path)
+
+    return BufferDump()
