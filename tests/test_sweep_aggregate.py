@@ -143,3 +143,15 @@ def test_cli(sweep):
         timeout=300,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep directory")
+
+
+def test_wandb_source_needs_w_and_b_online(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = subprocess.run(
+        [sys.executable, "-m", "sparseforge.sweeps.aggregate", "--wandb", "me/proj"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "error: W&B is not online here" in result.stderr

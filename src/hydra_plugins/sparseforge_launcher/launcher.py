@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ class SparseforgeSlurmLauncher(SlurmLauncher):
             if point.finished is None:
                 returns.append(next(submitted))
                 continue
+            task_cfg = point.cfg.copy()
+            with open_dict(task_cfg):
+                del task_cfg["hydra"]
             ret = JobReturn(
                 overrides=point.overrides,
-                cfg=point.cfg,
-                hydra_cfg=point.cfg,
+                cfg=task_cfg,
+                hydra_cfg=OmegaConf.create({"hydra": point.cfg.hydra}),
                 working_dir=str(point.run_dir),
                 task_name=str(point.cfg.hydra.job.name),
                 status=JobStatus.COMPLETED,
