@@ -312,11 +312,33 @@ def test_bad_inputs_fail_before_anything_is_submitted(tmp_path, slurm_cluster, e
     assert not (tmp_path / "multiruns" / "bad").exists()  # no sweep dir, so no .submitit: nothing submitted
 
 
-def test_array_index_outside_the_overrides_file_fails_with_the_valid_range(tmp_path, slurm_cluster, job_ids):
+def test_array_range_is_checked_before_submitting_and_in_the_job(tmp_path, slurm_cluster, job_ids):
     sweep_file = tmp_path / "sweep.txt"
-    sweep_file.write_text(
-        f"seed=0 sweep_name=oor paths.log_dir={tmp_path}\nseed=1 sweep_name=oor paths.log_dir={tmp_path}\n"
+    common = f"sweep_name=oor paths.log_dir={tmp_path} debug=fdr logger=csv print_config=false"
+    sweep_file.write_text(f"seed=0 {common}\nseed=1 {common}\n")
+    partition = (
+        subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
     )
+
+    def sweep_cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "sparseforge.sweeps.cli", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # `submit` refuses an array larger than the file: nothing reaches SLURM
+    refused = sweep_cli("submit", str(sweep_file), "--array=0-2", "--mem=1G", f"--output={tmp_path}/%A_%a.out")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: --array=0-2 asks for index 2, but {sweep_file} has 2 sweep points "
+        "(indices 0-1): use --array=0-1; nothing was submitted"
+    )
+    assert not list(tmp_path.glob("*.out"))
+
+    # plain sbatch cannot check: the task itself fails at once, naming the valid range
     submitted = subprocess.run(
         [
             "sbatch",
@@ -343,8 +365,8 @@ def test_array_index_outside_the_overrides_file_fails_with_the_valid_range(tmp_p
     )
     assert (
         f"error: array index 2 is out of range for {sweep_file}: it has 2 sweep points (indices 0-1); "
-        "submit with --array=0-1" in out
-    )
+        "submit with --array=0-1"
+    ) in out
     assert not (tmp_path / "multiruns").exists()  # nothing ran
     state = wait_for(
         lambda: subprocess.run(
@@ -354,3 +376,13 @@ def test_array_index_outside_the_overrides_file_fails_with_the_valid_range(tmp_p
         "sacct",
     )
     assert state.startswith("FAILED|2:0"), state
+
+    # a valid `submit` passes the other options to sbatch (here -p, --mem, --output) and runs every line
+    ok = sweep_cli("submit", str(sweep_file), "-p", partition, "--mem=1G", f"--output={tmp_path}/%A_%a.out")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.startswith(f"sbatch --array=0-1%4 -p {partition} --mem=1G --output=")
+    array_id = re.search(r"Submitted batch job (\d+)", ok.stdout).group(1)
+    job_ids.append(array_id)
+    wait_for(lambda: queue_empty(array_id), 600, f"array {array_id} to finish", interval=2)
+    done = summaries(tmp_path / "multiruns" / "oor")
+    assert sorted(s["seed"] for s in done.values()) == [0, 1] and all(s["status"] == "completed" for s in done.values())

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +47,11 @@ def _short(path: str | Path) -> str:
         return str(path)
 
 
+def _script_arg() -> str:
+    """slurm/array.sbatch, relative when run from the repository root."""
+    return "slurm/array.sbatch" if Path("slurm/array.sbatch").resolve() == ARRAY_SCRIPT else str(ARRAY_SCRIPT)
+
+
 def plan(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if not any(override_key(o) == "sweep_name" for o in overrides):
@@ -71,7 +78,7 @@ def plan(args: argparse.Namespace) -> int:
     sweep_dir = Path(str(points[0].cfg.hydra.sweep.dir))
     log_dir = sweep_dir / ".slurm"
     log_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
-    script = "slurm/array.sbatch" if Path("slurm/array.sbatch").resolve() == ARRAY_SCRIPT else str(ARRAY_SCRIPT)
+    script = _script_arg()
     throttle = f"%{args.parallel}" if args.parallel else ""
     file_arg = shlex.quote(_short(target)) if target else "<overrides file>"
     print(
@@ -81,20 +88,58 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_line(path: str | Path, index: int) -> list[str]:
-    """The overrides of line ``index`` (0-based, blank and ``#`` lines not counted)."""
+def sweep_lines(path: str | Path) -> list[str]:
+    """The overrides lines of a file written by ``plan`` (blank and ``#`` lines not counted)."""
     try:
         lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
     except OSError as exc:
         raise SweepError(f"cannot read the overrides file {path}: {exc.strerror}") from None
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _valid_range(n: int) -> str:
+    return f"indices 0-{n - 1}" if n else "none: the file has no lines"
+
+
+def read_line(path: str | Path, index: int) -> list[str]:
+    """The overrides of line ``index`` (0-based)."""
+    lines = sweep_lines(path)
     if not 0 <= index < len(lines):
-        valid = f"0-{len(lines) - 1}" if lines else "none: the file has no lines"
         raise SweepError(
-            f"array index {index} is out of range for {path}: it has {len(lines)} sweep points (indices {valid}); "
+            f"array index {index} is out of range for {path}: it has {len(lines)} sweep points ({_valid_range(len(lines))}); "
             f"submit with --array=0-{max(len(lines) - 1, 0)}"
         )
     return shlex.split(lines[index])
+
+
+def array_indices(spec: str) -> list[int]:
+    """The indices of an ``sbatch --array`` spec: ``0-15``, ``0,6,16-32``, ``0-15:4``, each with an optional ``%N``."""
+    indices = []
+    for item in spec.split("%", 1)[0].split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", item.strip())
+        if not match:
+            raise SweepError(f"--array={spec} is not an array spec (examples: 0-8%4, 0,3,5, 0-15:4)")
+        first = int(match[1])
+        last = int(match[2]) if match[2] else first
+        indices += range(first, last + 1, int(match[3] or 1))
+    return indices
+
+
+def submit(args: argparse.Namespace) -> int:
+    """sbatch slurm/array.sbatch FILE, after checking that every array index has a line."""
+    lines = sweep_lines(args.file)
+    if not lines:
+        raise SweepError(f"{args.file} has no sweep points: nothing to submit")
+    spec = args.array or f"0-{len(lines) - 1}" + (f"%{args.parallel}" if args.parallel else "")
+    outside = [i for i in array_indices(spec) if i >= len(lines)]
+    if outside:
+        raise SweepError(
+            f"--array={spec} asks for index {max(outside)}, but {args.file} has {len(lines)} sweep points "
+            f"({_valid_range(len(lines))}): use --array=0-{len(lines) - 1}; nothing was submitted"
+        )
+    cmd = ["sbatch", f"--array={spec}", *args.sbatch_options, _script_arg(), args.file]
+    print(shlex.join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,11 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("index", nargs="?", help="0-based line; default $SLURM_ARRAY_TASK_ID")
     r.add_argument("extra", nargs="*", help="more overrides appended to the line")
     r.set_defaults(func=run)
+    s = sub.add_parser(
+        "submit", help="sbatch the array after checking every index has a line; other options go to sbatch"
+    )
+    s.add_argument("file")
+    s.add_argument("--array", help="sbatch --array spec (default 0-<lines-1>%%<parallel>)")
+    s.add_argument("--parallel", type=int, default=4, help="the %%N throttle of the default --array")
+    s.set_defaults(func=submit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.sbatch_options = unknown
     try:
         sys.exit(args.func(args))
     except SparseforgeError as exc:
