@@ -129,18 +129,24 @@ def test_checkpoints_after_every_task_and_heat_map(tmp_path):
 
 
 def test_wandb_gets_task_axis_and_matrix_table(tmp_path):
-    s = run(tmp_path, ["logger=wandb", "logger.wandb.mode=offline", "callbacks=none"])
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    tables = list(runs[0].glob("files/media/table/cl/acc_matrix_*.table.json"))
-    assert tables, "R was not logged as a W&B table"
     import json
 
+    from tests.helpers.wandb_records import of_type, offline_run_dirs, records_when_finished
+
+    s = run(tmp_path, ["logger=wandb", "logger.wandb.mode=offline", "callbacks=none"])
+    (offline,) = offline_run_dirs(tmp_path / "run")
+    records = records_when_finished(offline)  # wandb-core writes its files after finish() returns
+    axes = {(r.metric.glob_name, r.metric.step_metric) for r in of_type(records, "metric")}
+    assert ("cl/*", "task") in axes  # every cl/* metric is plotted against `task`
+    tasks_logged = {
+        json.loads(i.value_json) for r in of_type(records, "history") for i in r.history.item if list(i.nested_key) == ["task"]
+    }
+    assert tasks_logged == {0, 1, 2, 3, 4}
+    tables = list(offline.glob("files/media/table/cl/acc_matrix_*.table.json"))
+    assert tables, "R was not logged as a W&B table"
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["after_task", *[f"task_{j}" for j in range(5)]]
     assert [row[1:] for row in table["data"]] == s["cl"]["acc_matrix"]
-    log = next(runs[0].glob("*.wandb")).read_bytes()
-    assert b"cl/*" in log  # define_metric("cl/*", step_metric="task") is in the run record
 
 
 def test_bad_inputs_fail_at_start_naming_the_key(tmp_path):
