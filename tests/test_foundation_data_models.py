@@ -114,7 +114,7 @@ def test_cifar_augmentation_is_random_crop_pad4_plus_hflip(seed):
     identity = BatchTransform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), CIFAR10.crop_padding, CIFAR10.hflip)
     out = identity(x, train=True)
     assert out.shape == (8, 3, 32, 32)
-    for img, aug in zip(x.float() / 255, out):
+    for img, aug in zip(x.float() / 255, out, strict=True):
         assert any(torch.equal(aug, c) for c in _crops(img, 4))
 
 
@@ -123,7 +123,7 @@ def test_cifar_augmentation_uses_every_offset_and_both_flips():
     x = torch.randint(1, 256, (300, 3, 32, 32), dtype=torch.uint8)  # no zeros: padding is visible
     out = BatchTransform((0.0,) * 3, (1.0,) * 3, 4, True)(x, train=True)
     seen = []
-    for img, aug in zip(x.float() / 255, out):
+    for img, aug in zip(x.float() / 255, out, strict=True):
         matches = [k for k, c in enumerate(_crops(img, 4)) if torch.equal(aug, c)]
         assert len(matches) == 1
         k = matches[0]

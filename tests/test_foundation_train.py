@@ -28,7 +28,7 @@ def run(overrides, run_dir, data_dir=None):
 
 def mlp_params(features: int, classes: int, hidden=(100, 100)) -> int:
     sizes = [features, *hidden, classes]
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 # dataset option -> (writer of tiny files, extra overrides, classes, channels, image size)
