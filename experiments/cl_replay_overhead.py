@@ -89,7 +89,7 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
     run = build(cfg)
     run.trainer.callbacks.insert(0, Clock())
     run.trainer.fit(run.method, datamodule=run.datamodule)
-    return [b - a for a, b in zip(ends, ends[1:])]
+    return [b - a for a, b in zip(ends, ends[1:], strict=False)]
 
 
 def buffer_bookkeeping(batch_size: int, repeats: int = 300) -> dict:
@@ -156,7 +156,7 @@ def main() -> None:
             per_round.append(medians)
             print(f"{model} round {r}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in medians.items()), file=sys.stderr, flush=True)
 
-        def ratio(a: str, c: str) -> dict:
+        def ratio(a: str, c: str, per_round=per_round) -> dict:
             # paired within a round (same machine load), then the median over rounds
             pairs = [m[a] / m[c] for m in per_round]
             return {"median": round(statistics.median(pairs), 3), "per_round": [round(x, 3) for x in pairs]}

@@ -15,7 +15,7 @@ import torch
 
 from sparseforge.train import train
 from tests.conftest import REPO
-from tests.helpers.cl import QUIET, one_thread, summary
+from tests.helpers.cl import QUIET, Crash, one_thread, summary
 from tests.helpers.config import compose_config
 from tests.helpers.fake_data import write_cifar
 
@@ -34,25 +34,27 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "method, stop_after",
+    "setup, crash_at",
     [
-        (["method=derpp", "method.buffer_size=200"], 3),  # stops inside task 1 (epochs 2, 3, 4)
+        (["method=derpp", "method.buffer_size=200"], 4),  # inside task 1 (epochs 3, 4, 5)
         (["method=er", "method.buffer_policy=class_balanced", "method.buffer_size=150"], 6),  # at a task boundary
-        (["method=joint"], 4),
+        (["method=joint"], 5),
+        # the default sparse run: masks and the RigL schedule must come back too
+        (["method=derpp", "method.buffer_size=200", "sparsity=rigl", "sparsity.delta_t=3"], 7),
     ],
 )
-def test_stopped_and_resumed_run_is_exact(tmp_path, method, stop_after):
+def test_crashed_and_resumed_run_is_exact(tmp_path, setup, crash_at):
     # dropout and a momentum optimizer make every RNG state and the optimizer state matter
-    common = [*QUIET, *method, "scenario.epochs_per_task=3", "model.dropout=0.2", "seed=5"]
+    common = [*QUIET, *setup, "scenario.epochs_per_task=3", "model.dropout=0.2", "seed=5"]
+    crash = ["+callbacks.crash._target_=tests.helpers.cl.crash_at_epoch", f"+callbacks.crash.epoch={crash_at}"]
     with one_thread():
         train(compose_config(common, output_dir=tmp_path / "full"))
-        train(compose_config([*common, f"trainer.max_epochs={stop_after}"], output_dir=tmp_path / "part"))
-        assert torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=True)["epoch"] == stop_after - 1
-        # The stopped run counts as completed (it reached its max_epochs), so ckpt_path=auto would
-        # skip it as finished: resume from the checkpoint file explicitly.
-        last = tmp_path / "part" / "checkpoints" / "last.ckpt"
-        train(compose_config([*common, f"ckpt_path={last}"], output_dir=tmp_path / "part"))
-    assert summary(tmp_path / "part")["resumed_from"] == str(last)
+        with pytest.raises(Crash):
+            train(compose_config([*common, *crash], output_dir=tmp_path / "part"))
+        assert summary(tmp_path / "part")["status"] == "failed"
+        assert torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=True)["epoch"] == crash_at - 1
+        train(compose_config([*common, "ckpt_path=auto"], output_dir=tmp_path / "part"))
+    assert summary(tmp_path / "part")["resumed_from"].endswith("last.ckpt")
     assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
@@ -89,12 +91,13 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, epoch: int, env: dict,
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
-    """Real SIGKILLs from outside: once inside a task, once at a task boundary."""
-    write_cifar(data_dir, n_train=2500, n_test=200)  # CIFAR: random crop + flip use the global RNG
+    """Real SIGKILLs from outside: once inside a task, once at a task boundary (DER++ on RigL)."""
+    write_cifar(data_dir, n_train=1500, n_test=200)  # CIFAR: random crop + flip use the global RNG
     common = [
         *QUIET, "dataset=cifar10", f"paths.data_dir={data_dir}", "dataset.verify_checksums=false",
         "model=small_cnn", "model.channels=[16,32,32]", "method=derpp", "method.buffer_size=100",
         "data.batch_size=16", "scenario.n_tasks=5", "scenario.epochs_per_task=2", "seed=11",
+        "sparsity=rigl", "sparsity.delta_t=5",  # masks and the RigL schedule are part of the state
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

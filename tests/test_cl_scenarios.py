@@ -99,7 +99,7 @@ def test_blurry_stream_follows_the_definition(params):
     assert last_new  # ... with the episode that brings the last unseen class
     again = scenario.build(train_y, test_y, num_classes, seed=seed)
     assert [t.classes for t in again] == [t.classes for t in tasks]
-    assert all(torch.equal(a.train_index, b.train_index) for a, b in zip(again, tasks))
+    assert all(torch.equal(a.train_index, b.train_index) for a, b in zip(again, tasks, strict=True))
 
 
 def test_blurry_slots_are_new_with_probability_p_novelty():

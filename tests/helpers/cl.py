@@ -46,3 +46,20 @@ def buffer_dump():
             torch.save(pl_module.buffer.state_dict(), path)
 
     return BufferDump()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at_epoch(epoch: int):
+    """A callback that crashes the run when ``epoch`` starts, i.e. right after the checkpoint of
+    the epoch before: a failure that leaves the config (and so every schedule) unchanged."""
+    import lightning.pytorch as pl
+
+    class CrashAtEpoch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise Crash(f"crash at the start of epoch {epoch}")
+
+    return CrashAtEpoch()
