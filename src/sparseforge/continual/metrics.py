@@ -1,14 +1,17 @@
 """Continual-learning metrics over the accuracy matrix R.
 
 ``R[t][j]`` is the accuracy on task ``j`` after training task ``t``; entries not evaluated are
-``None``. Definitions (as in Mammoth's ``utils/metrics.py`` and Chaudhry et al. 2018):
+``None``. With ``T`` the last evaluated row:
 
-- average accuracy: mean of the last row over the tasks seen so far;
-- forgetting: for each task but the last, the best accuracy it had *before* the final task
-  minus its final accuracy, averaged (the last task is excluded; cf. RaptorMai/online-continual-learning#23);
-- BWT: mean over tasks but the last of ``R[T-1][j] - R[j][j]``;
-- FWT: mean over tasks after the first of ``R[j-1][j] - b[j]``, with ``b`` the accuracy of the
-  model at initialisation; needs the optional evaluation of future tasks.
+- average accuracy: mean of row ``T`` over the tasks seen so far;
+- forgetting (Chaudhry et al. 2018): for each task ``j < T``, the best accuracy it had *before*
+  the final task, ``max_{j <= t < T} R[t][j]``, minus its final accuracy ``R[T][j]``, averaged; the
+  last task is excluded (cf. RaptorMai/online-continual-learning#23). It is negative when a task
+  ends above its past best. Mammoth's ``utils/metrics.py`` also takes the final row into the max,
+  which clips that case to 0;
+- BWT: mean over tasks ``j < T`` of ``R[T][j] - R[j][j]``;
+- FWT: mean over tasks ``j >= 1`` of ``R[j-1][j] - b[j]``, with ``b`` the accuracy of the model at
+  initialisation; needs the optional evaluation of the next task (``forward_transfer``).
 """
 
 from __future__ import annotations
