@@ -35,11 +35,12 @@ def average_accuracy(R: Matrix) -> float:
     return sum(seen) / len(seen)
 
 
-def forgetting(R: Matrix) -> float | None:
+def forgetting(R: Matrix, include_final_row: bool = False) -> float | None:
+    """Average forgetting; ``include_final_row=True`` gives Mammoth's variant (never below 0)."""
     last, row = _final_row(R)
     values = []
     for j in range(last):
-        past = [R[t][j] for t in range(j, last) if R[t][j] is not None]
+        past = [R[t][j] for t in range(j, last + include_final_row) if R[t][j] is not None]
         if past and row[j] is not None:
             values.append(max(past) - row[j])
     return sum(values) / len(values) if values else None

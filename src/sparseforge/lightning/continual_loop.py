@@ -219,6 +219,7 @@ class ContinualLoop(pl.Callback):
             "acc_matrix": R,
             "avg_acc": metrics.average_accuracy(R),
             "forgetting": metrics.forgetting(R),
+            "forgetting_mammoth": metrics.forgetting(R, include_final_row=True),
             "bwt": metrics.backward_transfer(R),
             "fwt": metrics.forward_transfer(R, self.initial_acc) if self.initial_acc else None,
             "initial_acc": self.initial_acc,
