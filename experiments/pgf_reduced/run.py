@@ -11,7 +11,7 @@ SR-STE are binary from the first step. Test accuracy is always that of the binar
 Prints one line per run, a table of test accuracy (mean +- std over seeds) and training FLOPs
 relative to dense (our convention, README), and as the LAST line a JSON object with every figure.
 
-    SPARSEFORGE_DATA_DIR=/path/to/data python experiments/pgf_reduced/run.py [--seeds 0 1 2] [--epochs 5]
+    SPARSEFORGE_DATA_DIR=/path/to/data python experiments/pgf_reduced/run.py [--seeds 0 1 2] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ARMS = {
 }  # fmt: skip
 
 
-def run(arm: str, pattern: str | None, seed: int, epochs: int, out: Path, extra: list[str]) -> dict:
+def run(arm: str, pattern: str | None, seed: int, epochs: int, out: Path, extra: list[str], threads: int) -> dict:
     n, m = pattern.split(":") if pattern else (None, None)
     run_dir = out / f"{arm}_{n}of{m}_seed{seed}" if pattern else out / f"{arm}_seed{seed}"
     args = [
@@ -57,7 +57,8 @@ def run(arm: str, pattern: str | None, seed: int, epochs: int, out: Path, extra:
     if pattern:
         args += [f"sparsity.n={n}", f"sparsity.m={m}"]
     start = time.time()
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # small MLP: no gain from more threads on a shared box
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{arm} {pattern} seed {seed} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--patterns", nargs="+", default=["1:8", "1:16"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temp dir)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
@@ -89,7 +91,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:  # seeds outermost: the arms interleave, so load drift hits them alike
         for arm, pattern in cells:
-            r = run(arm, pattern, seed, args.epochs, out, args.overrides)
+            r = run(arm, pattern, seed, args.epochs, out, args.overrides, args.threads)
             results.append(r)
             print(
                 f"{arm:14s} {r['pattern']:5s} seed {seed}: test acc {100 * r['test_acc']:.2f}%  "
