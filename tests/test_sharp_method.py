@@ -62,9 +62,8 @@ def _frozen_rows(ckpt):
     [
         ["optimizer=adadelta"],
         ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=0.01"],
-        ["optimizer=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=0.1"],
     ],
-    ids=["adadelta", "sgd_momentum_wd", "adamw"],
+    ids=["adadelta", "sgd_momentum_wd"],
 )
 def test_frozen_units_keep_their_incoming_weights(tmp_path, mnist, optimizer):
     common = ["scenario.epochs_per_task=2", "method.phase_epochs=1", "method.max_phases=2", "run_name=freeze"]
@@ -125,9 +124,9 @@ class PreemptAt(pl.Callback):
     ids=["mid_phase", "at_a_phase_start"],
 )
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mnist, phases):
-    # 3 tasks x 2 epochs, preempted at epoch 3: the middle of task 1's only phase, or the start of
+    # 2 tasks x 2 epochs, preempted at epoch 3: the middle of task 1's only phase, or the start of
     # its second phase (rewiring and a fresh optimizer right after the resume)
-    common = ["scenario.epochs_per_task=2", *phases, "trainer.max_epochs=6"]
+    common = ["scenario.epochs_per_task=2", *phases, "trainer.max_epochs=4"]
     stop_epoch, position = 3, (1, 1)
     _run(tmp_path, mnist, [*common, "run_name=straight"], name="straight")
     preempt = [f"+callbacks.preempt._target_={__name__}.PreemptAt", f"+callbacks.preempt.epoch={stop_epoch}"]
@@ -141,12 +140,17 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mnist, phases
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("m", [1, 2])
-def test_only_the_configured_recent_classes_are_replayed(tmp_path, mnist, m):
+@pytest.mark.parametrize(
+    "m,replay_layer,predict_with", [(1, "conv_early", "knn"), (2, "input", "linear")], ids=["activations", "raw"]
+)
+def test_recent_classes_only_are_replayed_and_memory_is_counted_in_bytes(
+    tmp_path, mnist, m, replay_layer, predict_with
+):
     _, summary = _run(
         tmp_path,
         mnist,
-        ["scenario.epochs_per_task=1", "method.phase_epochs=1", "method.max_phases=1", f"method.stm_num_tasks={m}"],
+        ["scenario.epochs_per_task=1", "method.phase_epochs=1", "method.max_phases=1", f"method.stm_num_tasks={m}"]
+        + [f"method.replay_layer={replay_layer}", f"method.predict_with={predict_with}"],
     )
     replayed = summary["replay"]["replayed_per_episode"]
     assert replayed["0"] == {}
@@ -154,42 +158,19 @@ def test_only_the_configured_recent_classes_are_replayed(tmp_path, mnist, m):
         recent = {2 * t + c for t in range(max(0, episode - m), episode) for c in (0, 1)}
         assert {int(c) for c in replayed[str(episode)]} == recent
         assert all(n > 0 for n in replayed[str(episode)].values())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("replay_layer", ["conv_early", "input"])
-def test_summary_reports_replay_memory_in_bytes(tmp_path, mnist, replay_layer):
-    _, summary = _run(
-        tmp_path,
-        mnist,
-        [
-            "scenario.epochs_per_task=1",
-            "method.phase_epochs=1",
-            "method.max_phases=1",
-            f"method.replay_layer={replay_layer}",
-        ],
-    )
     replay = summary["replay"]
-    # 2 classes of the last task x 25 samples x 784 values (16x7x7 activations, or 1x28x28 pixels),
-    # one byte each, plus a float32 min and max per class
-    assert replay["bytes"] == 2 * 25 * 784 + 2 * 8
-    assert replay["samples"] == 50 and replay["bytes_per_sample"] == 784
-    assert replay["transient_bytes"] == 4 * 25 * 784 + 4 * 8  # two episodes before eviction
+    # 2 classes per task x m tasks x 25 samples x 784 values (16x7x7 activations, or the 1x28x28
+    # pixels), one byte each, plus a float32 min and max per class
+    assert replay["bytes"] == 2 * m * (25 * 784 + 8)
+    assert replay["samples"] == 2 * m * 25 and replay["bytes_per_sample"] == 784
+    assert replay["transient_bytes"] == 2 * (m + 1) * (25 * 784 + 8)  # before the oldest episode is evicted
     assert replay["ltm_bytes"] == 10 * 25 * 500 * 4 + 10 * 500  # float32 representations + unit masks
     assert replay["er_equivalent_samples"] == replay["bytes"] // 784
-    assert summary["sparsity"]["layers"]["conv_early.0"]["density"] == 1.0
-    assert abs(summary["sparsity"]["layers"]["hidden.0"]["density"] - 0.4) < 0.01
-
-
-@pytest.mark.slow
-def test_linear_head_prediction_option(tmp_path, mnist):
-    metrics, summary = _run(
-        tmp_path,
-        mnist,
-        ["scenario.epochs_per_task=2", "method.phase_epochs=1", "method.max_phases=2", "method.predict_with=linear"],
-    )
-    assert summary["sharp"]["predict_with"] == "linear"
-    assert summary["cl"]["completed_tasks"] == 5 and 0.0 <= metrics["test/acc"] <= 1.0
+    layers = summary["sparsity"]["layers"]
+    assert layers["conv_early.0"]["density"] == 1.0 and abs(layers["hidden.0"]["density"] - 0.4) < 0.01
+    assert all(v["nonzero"] == v["target_nonzero"] for v in layers.values()) and summary["sharp"]["shortfall"] == {}
+    assert summary["sharp"]["phases"] == 5 and summary["sharp"]["regrown_connections"]["idle"] > 0
+    assert summary["sharp"]["predict_with"] == predict_with and summary["cl"]["completed_tasks"] == 5
 
 
 def test_a_non_sharp_model_is_one_config_error(tmp_path, mnist):
@@ -260,8 +241,8 @@ def test_presets_run_end_to_end_on_tiny_data(tmp_path, data_dir, preset):
     else:
         write_mnist_like(data_dir, folder=folder, n_train=200, n_test=50)
         extra = []
-    # VGG_Small takes seconds per batch on a shared CPU: CIFAR-100 stops after 3 of its 10 tasks
-    tasks = 3 if classes == 100 else 5
+    # VGG_Small takes seconds per batch on a shared CPU: the CIFAR presets stop after 2 tasks
+    tasks = 2 if folder.startswith("cifar") else 5
     cfg = compose_config(
         [f"+experiment={preset}", "debug=fdr", f"+apply_last.trainer.max_epochs={tasks}"]
         + [f"dataset.root={data_dir}", "dataset.download=false", *extra],
@@ -296,7 +277,7 @@ def test_blurry_scenario_runs_on_cifar(tmp_path, data_dir):
         "data.batch_size=8",
         "data.eval_batch_size=16",
         "task_loop.eval_limit_batches=1",
-        "trainer.max_epochs=5",  # the first 5 episodes (VGG_Small is slow on a CPU)
+        "trainer.max_epochs=4",  # the first 4 episodes (VGG_Small is slow on a CPU)
         "logger=none",
         "trainer.enable_progress_bar=false",
     ]
@@ -304,11 +285,11 @@ def test_blurry_scenario_runs_on_cifar(tmp_path, data_dir):
     train(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["cl"]["scenario"] == "blurry"
-    assert summary["cl"]["completed_tasks"] == 5
+    assert summary["cl"]["completed_tasks"] == 4
     # the scenario's own episodes (same seed): each episode replays exactly its predecessor's
     # classes, a recurring class from its latest episode
     episodes = Blurry(class_per_episode=3).episode_classes(10, torch.Generator().manual_seed(cfg.seed))
-    assert any(set(a) & set(b) for a, b in zip(episodes[:4], episodes[1:5], strict=True))  # classes recur
+    assert any(set(a) & set(b) for a, b in zip(episodes[:3], episodes[1:4], strict=True))  # classes recur
     replayed = summary["replay"]["replayed_per_episode"]
-    for e in range(1, 5):
+    for e in range(1, 4):
         assert {int(c) for c in replayed[str(e)]} == set(episodes[e - 1])

@@ -288,11 +288,29 @@ class Sharp(ContinualMethod):
             "density": masks.global_density(),
             "itop": masks.itop(),
             "layers": {
-                k: {"nonzero": n, "total": masks.numel(k), "density": n / masks.numel(k)} for k, n in nnz.items()
+                k: {
+                    "nonzero": n,
+                    "target_nonzero": learner.initial_nnz[k],
+                    "total": masks.numel(k),
+                    "density": n / masks.numel(k),
+                }
+                for k, n in nnz.items()
             },
         }
+        grown = {"idle": 0, "training": 0}
+        for entry in learner.rewire_log:
+            for counts in entry["layers"].values():
+                grown["training"] += counts["grown_into_training"]
+                grown["idle"] += counts["grown"] - counts["grown_into_training"]
         return {
             "replay": replay,
             "sparsity": sparsity,
-            "sharp": {"predict_with": self.predict_with, "units": learner.unit_counts(), "position": learner.position},
+            "sharp": {
+                "predict_with": self.predict_with,
+                "units": learner.unit_counts(),
+                "position": learner.position,
+                "phases": len(learner.rewire_log),
+                "regrown_connections": grown,  # into idle units (the paper) / the fallback into training units
+                "shortfall": {k: learner.initial_nnz[k] - n for k, n in nnz.items() if n != learner.initial_nnz[k]},
+            },
         }

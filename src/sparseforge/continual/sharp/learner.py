@@ -88,6 +88,7 @@ class SharpLearner:
         self._frozen: dict[str, torch.Tensor] = {}
         self._frozen_bias: dict[str, torch.Tensor] = {}
         self.masks = self._initial_masks(dense_first_conv)
+        self.initial_nnz = self.masks.nnz_per_layer()  # the target every rewiring restores
         self._sync_unit_mask()
 
     @property
@@ -336,6 +337,7 @@ class SharpLearner:
             "stm": self.stm.state_dict(),
             "ltm": self.ltm.state_dict(),
             "position": dict(self.position),
+            "initial_nnz": dict(self.initial_nnz),
             "rewire_log": list(self.rewire_log),
             "replay_counts": self.replay_counts.cpu().clone(),
             "replayed": {e: dict(c) for e, c in self.replayed.items()},
@@ -356,6 +358,7 @@ class SharpLearner:
         self.stm.load_state_dict(state["stm"])
         self.ltm.load_state_dict(state["ltm"])
         self.position = dict(state["position"])
+        self.initial_nnz = {k: int(v) for k, v in state["initial_nnz"].items()}
         self.rewire_log = list(state.get("rewire_log", []))
         self.replay_counts = state["replay_counts"].clone().long()
         self.replayed = {int(e): {int(c): int(n) for c, n in d.items()} for e, d in state["replayed"].items()}

@@ -22,6 +22,12 @@ def keep_repeated_classes(labels: torch.Tensor) -> torch.Tensor:
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    # float32 even under mixed precision: logits of 1/T = 20 in bf16 lose the differences that matter
+    with torch.autocast(features.device.type, enabled=False):
+        return _supcon(features.float(), labels, temperature)
+
+
+def _supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     z = F.normalize(features, dim=1)
     logits = z @ z.T / temperature
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
