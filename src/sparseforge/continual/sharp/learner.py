@@ -170,7 +170,7 @@ class SharpLearner:
                 frozen = frozen.to(weight.device)
                 self._frozen[layer.name] = frozen
                 rows = ~frozen.view(-1, *[1] * (weight.dim() - 1))
-                grad_masks[layer.name] = rows.expand_as(weight)
+                grad_masks[layer.name] = rows.expand_as(weight).contiguous()
         self.masks.set_grad_masks(grad_masks)
 
     def frozen(self, name: str) -> torch.Tensor:
