@@ -273,3 +273,14 @@ print("ok", sparsifier.global_density(), sparsifier.flops.train_relative_to_dens
     _, density, relative = result.stdout.split()
     assert float(density) == pytest.approx(0.1, abs=1 / (64 * 128 + 128 * 10))
     assert 0.1 < float(relative) < 0.2  # sparse steps plus five dense-gradient update steps
+
+
+@pytest.mark.parametrize(("numel", "n"), [(1_000_000, 1_000), (2_359_296, 70_000), (600_000, 149_999), (300_000, 7)])
+@pytest.mark.parametrize("largest", [True, False])
+def test_chunked_top_n_selects_exactly_what_topk_selects(numel, n, largest):
+    from sparseforge.sparsity.placement import top_n_indices
+
+    scores = torch.rand(numel, generator=torch.Generator().manual_seed(numel))  # distinct values: one answer
+    got = top_n_indices(scores, n, largest)
+    assert got.numel() == n
+    assert set(got.tolist()) == set(torch.topk(scores, n, largest=largest).indices.tolist())

@@ -97,7 +97,7 @@ class MaskSet:
     def apply_(self) -> None:
         """Zero every pruned weight, in place."""
         for name, mask in self.masks.items():
-            self.weight(name).mul_(mask)
+            self.weight(name).mul_(_as_factor(mask))
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
@@ -105,11 +105,11 @@ class MaskSet:
         for name, mask in self.masks.items():
             grad = self.weight(name).grad
             if grad is not None:
-                grad.mul_(mask)
+                grad.mul_(_as_factor(mask))
         for name, gmask in self.grad_masks.items():
             grad = self.weight(name).grad
             if grad is not None:
-                grad.mul_(gmask)
+                grad.mul_(_as_factor(gmask))
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -231,6 +231,12 @@ class MaskSet:
         self.grad_masks = {n: m.to(self.masks[n].device, torch.bool) for n, m in state.get("grad_masks", {}).items()}
         self.target_nnz = {n: int(v) for n, v in state["target_nnz"].items()}
         self.version = int(state.get("version", 0)) + 1
+
+
+def _as_factor(mask: torch.Tensor) -> torch.Tensor:
+    """The bool mask viewed as uint8 (no copy): ``float.mul_(uint8)`` runs about twice as fast
+    as ``float.mul_(bool)`` on the CPU, with the same result."""
+    return mask.view(torch.uint8)
 
 
 @torch.no_grad()

@@ -21,13 +21,38 @@ def seeded_generator(*key: int, device: torch.device | str = "cpu") -> torch.Gen
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def top_n_mask(scores: torch.Tensor, n: int) -> torch.Tensor:
-    """Bool mask of the ``n`` highest scores: exactly ``n``, ties broken deterministically by topk."""
-    flat = scores.flatten()
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if n > 0:
-        mask[torch.topk(flat, n, sorted=False).indices] = True
-    return mask.view(scores.shape)
+# topk on the CPU works on a (value, int64 index) copy of its whole input: 12 bytes per score.
+# Above this size, candidates are picked chunk by chunk, so an update's peak memory stays small.
+TOPK_CHUNK = 1 << 18
+
+
+def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:
+    """Flat indices of the ``n`` highest (or lowest) scores: exactly ``n``, ties broken deterministically."""
+    flat = scores.reshape(-1)
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long, device=flat.device)
+    if flat.numel() <= TOPK_CHUNK or n > flat.numel() // 4:
+        return torch.topk(flat, n, largest=largest, sorted=False).indices
+    # The overall top n lie among each chunk's top min(n, chunk) (exact, not an approximation).
+    values, indices = [], []
+    for start in range(0, flat.numel(), TOPK_CHUNK):
+        chunk = flat[start : start + TOPK_CHUNK]
+        v, i = torch.topk(chunk, min(n, chunk.numel()), largest=largest, sorted=False)
+        values.append(v)
+        indices.append(i.add_(start))
+    candidates = torch.cat(indices)
+    return candidates[torch.topk(torch.cat(values), n, largest=largest, sorted=False).indices]
+
+
+def top_n_mask(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:
+    """Bool mask of the ``n`` highest (or lowest) scores: exactly ``n``, ties broken deterministically."""
+    return indices_to_mask(top_n_indices(scores, n, largest), scores.shape, scores.device)
+
+
+def indices_to_mask(indices: torch.Tensor, shape, device) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    mask.view(-1)[indices] = True
+    return mask
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from sparseforge.sparsity.placement import top_n_mask
+from sparseforge.sparsity.placement import indices_to_mask, top_n_indices, top_n_mask
 
 GradDict = Mapping[str, torch.Tensor | None]
 
@@ -80,7 +80,10 @@ class DropAndGrow(UpdateRule):
         self._n_move: dict[str, int] = {}
 
     def grow_scores(self, sparsifier, name: str, position: int, dense_grad: torch.Tensor | None) -> torch.Tensor:
-        """Higher = grown first. Only candidates' scores matter; they must be finite."""
+        """Higher = grown first. Only candidates' scores matter; they must be finite.
+
+        Must return a new tensor: it is overwritten in place (no second weight-sized temporary).
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -102,8 +105,9 @@ class DropAndGrow(UpdateRule):
             scores = self.grow_scores(sparsifier, name, position, dense_grads.get(name))
             if self.regrow_dropped:  # candidates depend on the drop: decide after the step
                 self._scores[name] = scores
-            else:
-                self._grown[name] = top_n_mask(scores.masked_fill(mask, -math.inf), n)
+            else:  # keep only the chosen indices until the step is done
+                self._grown[name] = top_n_indices(scores.masked_fill_(mask, -math.inf), n)
+            del scores
 
     @torch.no_grad()
     def propose(self, sparsifier, drop_fraction: float) -> dict[str, torch.Tensor]:
@@ -121,13 +125,13 @@ class DropAndGrow(UpdateRule):
             if n == 0:
                 continue
             mask = masks[name]
-            drop_scores = masks.weight(name).detach().abs().masked_fill(~mask, math.inf)
-            dropped = top_n_mask(-drop_scores, n)
-            kept = mask & ~dropped
+            drop_scores = masks.weight(name).detach().abs().masked_fill_(~mask, math.inf)
+            kept = top_n_mask(drop_scores, n, largest=False).logical_not_().logical_and_(mask)
+            del drop_scores
             if self.regrow_dropped:
-                grown = top_n_mask(self._scores[name].masked_fill(kept, -math.inf), n)
+                grown = top_n_mask(self._scores.pop(name).masked_fill_(kept, -math.inf), n)
             else:
-                grown = self._grown[name]
-            new_masks[name] = kept | grown
+                grown = indices_to_mask(self._grown.pop(name), mask.shape, mask.device)
+            new_masks[name] = kept.logical_or_(grown)
         self._grown, self._scores, self._n_move = {}, {}, {}
         return new_masks
