@@ -176,7 +176,9 @@ class TDM(UpdateRule):
                 importance = weight.abs().float()
                 grad = self.last_grads.get(name)
                 if grad is not None and self.schedule.grad_weight:
-                    importance = importance + self.schedule.grad_weight * grad.to(importance.device).abs()
+                    g = grad.to(importance.device).abs()
+                    g = torch.where(torch.isfinite(g), g, 0.0)  # a step the AMP scaler skipped
+                    importance = importance + self.schedule.grad_weight * g
                 kept = top_n_mask(importance.masked_fill(~mask, -math.inf), after_drop)
             n_grow = final - after_drop
             candidates = ~kept if self.regrow_dropped else ~mask
