@@ -92,7 +92,7 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, epoch: int, env: dict,
 @pytest.mark.slow
 def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
     """Real SIGKILLs from outside: once inside a task, once at a task boundary (DER++ on RigL)."""
-    write_cifar(data_dir, n_train=1500, n_test=200)  # CIFAR: random crop + flip use the global RNG
+    write_cifar(data_dir, n_train=2000, n_test=200)  # CIFAR: random crop + flip use the global RNG
     common = [
         *QUIET, "dataset=cifar10", f"paths.data_dir={data_dir}", "dataset.verify_checksums=false",
         "model=small_cnn", "model.channels=[16,32,32]", "method=derpp", "method.buffer_size=100",
