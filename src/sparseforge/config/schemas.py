@@ -165,6 +165,87 @@ class SharpMethodConfig:
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+# -- continual-learning baselines (configs/method/) ----------------------------------------------
+class BufferPolicy(str, Enum):
+    reservoir = "reservoir"
+    class_balanced = "class_balanced"
+
+
+@dataclass
+class FinetuneMethodConfig:
+    _target_: str = "sparseforge.methods.Finetune"
+    lr_scheduler_interval: str = "epoch"
+
+
+@dataclass
+class JointMethodConfig(FinetuneMethodConfig):
+    _target_: str = "sparseforge.methods.Joint"
+
+
+@dataclass
+class ERMethodConfig(FinetuneMethodConfig):
+    _target_: str = "sparseforge.methods.ER"
+    buffer_size: int = 500
+    minibatch_size: int = "${data.batch_size}"  # type: ignore[assignment]
+    buffer_policy: BufferPolicy = BufferPolicy.reservoir
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class DERMethodConfig(ERMethodConfig):
+    _target_: str = "sparseforge.methods.DER"
+    alpha: float = 0.3
+
+
+@dataclass
+class DERPPMethodConfig(DERMethodConfig):
+    _target_: str = "sparseforge.methods.DERPP"
+    alpha: float = 0.2
+    beta: float = 0.5
+
+
+# -- SparCL (configs/method/sparcl.yaml; TDM is the sparsity rule in configs/sparsity/sparcl.yaml) -
+class SparCLBase(str, Enum):
+    derpp = "derpp"
+    er = "er"
+
+
+class DGMRelativeTo(str, Enum):
+    layer = "layer"  # gradient_sparsity is a fraction of the layer's entries (the release)
+    active = "active"  # ... of the layer's active weights
+
+
+@dataclass
+class SparCLDDRConfig:
+    """Dynamic data removal: sparseforge.continual.data_removal.DataRemoval."""
+
+    enabled: bool = True
+    removal_epochs: List[int] = field(default_factory=lambda: [5, 10, 15, 20])
+    remove_fraction: float = 0.3
+
+
+@dataclass
+class SparCLDGMConfig:
+    """Dynamic gradient masking: sparseforge.sparsity.gradient_masking.DynamicGradientMasking."""
+
+    enabled: bool = True
+    gradient_sparsity: float = 0.8
+    relative_to: DGMRelativeTo = DGMRelativeTo.layer
+    refresh_every: int = 30
+
+
+@dataclass
+class SparCLMethodConfig(DERPPMethodConfig):
+    _target_: str = "sparseforge.methods.sparcl.SparCL"
+    base: SparCLBase = SparCLBase.derpp
+    alpha: float = 0.1  # DER++ only
+    beta: float = 0.5  # DER++ only
+    restrict_current_ce: bool = True
+    replay_first_task: bool = False
+    ddr: SparCLDDRConfig = field(default_factory=SparCLDDRConfig)
+    dgm: SparCLDGMConfig = field(default_factory=SparCLDGMConfig)
+
+
 # -- N:M sparsity (configs/sparsity/nm.yaml; see sparseforge.sparsity.nm) --------------------------
 class NMMode(str, Enum):
     ste = "ste"
@@ -283,87 +364,6 @@ class SparsityConfig:
     tdm: Optional[TDMRuleConfig] = None  # options of update_rule=tdm (configs/sparsity/sparcl.yaml)
 
 
-# -- continual-learning baselines (configs/method/) ----------------------------------------------
-class BufferPolicy(str, Enum):
-    reservoir = "reservoir"
-    class_balanced = "class_balanced"
-
-
-@dataclass
-class FinetuneMethodConfig:
-    _target_: str = "sparseforge.methods.Finetune"
-    lr_scheduler_interval: str = "epoch"
-
-
-@dataclass
-class JointMethodConfig(FinetuneMethodConfig):
-    _target_: str = "sparseforge.methods.Joint"
-
-
-@dataclass
-class ERMethodConfig(FinetuneMethodConfig):
-    _target_: str = "sparseforge.methods.ER"
-    buffer_size: int = 500
-    minibatch_size: int = "${data.batch_size}"  # type: ignore[assignment]
-    buffer_policy: BufferPolicy = BufferPolicy.reservoir
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class DERMethodConfig(ERMethodConfig):
-    _target_: str = "sparseforge.methods.DER"
-    alpha: float = 0.3
-
-
-@dataclass
-class DERPPMethodConfig(DERMethodConfig):
-    _target_: str = "sparseforge.methods.DERPP"
-    alpha: float = 0.2
-    beta: float = 0.5
-
-
-# -- SparCL (configs/method/sparcl.yaml; TDM is the sparsity rule in configs/sparsity/sparcl.yaml) -
-class SparCLBase(str, Enum):
-    derpp = "derpp"
-    er = "er"
-
-
-class DGMRelativeTo(str, Enum):
-    layer = "layer"  # gradient_sparsity is a fraction of the layer's entries (the release)
-    active = "active"  # ... of the layer's active weights
-
-
-@dataclass
-class SparCLDDRConfig:
-    """Dynamic data removal: sparseforge.continual.data_removal.DataRemoval."""
-
-    enabled: bool = True
-    removal_epochs: List[int] = field(default_factory=lambda: [5, 10, 15, 20])
-    remove_fraction: float = 0.3
-
-
-@dataclass
-class SparCLDGMConfig:
-    """Dynamic gradient masking: sparseforge.sparsity.gradient_masking.DynamicGradientMasking."""
-
-    enabled: bool = True
-    gradient_sparsity: float = 0.8
-    relative_to: DGMRelativeTo = DGMRelativeTo.layer
-    refresh_every: int = 30
-
-
-@dataclass
-class SparCLMethodConfig(DERPPMethodConfig):
-    _target_: str = "sparseforge.methods.sparcl.SparCL"
-    base: SparCLBase = SparCLBase.derpp
-    alpha: float = 0.1  # DER++ only
-    beta: float = 0.5  # DER++ only
-    restrict_current_ce: bool = True
-    replay_first_task: bool = False
-    ddr: SparCLDDRConfig = field(default_factory=SparCLDDRConfig)
-    dgm: SparCLDGMConfig = field(default_factory=SparCLDGMConfig)
-
-
 # -- trainer -------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
@@ -399,8 +399,8 @@ def register_schemas() -> None:
         ("optimizer", "adadelta", AdadeltaConfig),
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
-        ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
         ("sparsity", "sparse", SparsityConfig),
+        ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
         ("sparsity", "nm", NMSparsityConfig),
         ("data", "default", DataConfig),
         ("scenario", "iid", IIDScenarioConfig),
