@@ -56,17 +56,6 @@ def apply_last(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, value, merge=True)
 
 
-def apply_last(cfg: DictConfig) -> None:
-    """Merge ``cfg.apply_last`` over the config, after every group and preset.
-
-    The debug options put their values there: ``+experiment=X`` is appended after ``debug`` in
-    the defaults list, so a preset's ``scenario.epochs_per_task: 200`` would otherwise beat
-    ``debug=fdr``'s 1.
-    """
-    for key, value in (cfg.get("apply_last") or {}).items():
-        OmegaConf.update(cfg, key, value, merge=True)
-
-
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
