@@ -35,7 +35,7 @@ class ImageTensors:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, index: torch.Tensor) -> "ImageTensors":
+    def subset(self, index: torch.Tensor) -> ImageTensors:
         return ImageTensors(self.x[index], self.y[index])
 
 

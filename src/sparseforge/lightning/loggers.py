@@ -6,8 +6,8 @@ import csv
 import hashlib
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
