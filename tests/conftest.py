@@ -13,6 +13,10 @@ import pytest
 # set logger.wandb.mode=offline explicitly.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One intra-op thread per process: the tests run small models, often several processes at once
+# (CLI subprocesses, DDP ranks, wandb-core), and OpenMP threads waiting on each other made steps
+# 10-30x slower on the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -119,6 +119,8 @@ def build(cfg: DictConfig) -> Run:
     from sparseforge.lightning.reproducibility import AtomicCheckpointIO, RNGStateCallback
 
     validate(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
 
