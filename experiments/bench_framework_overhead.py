@@ -119,6 +119,7 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
     out = Path(tempfile.mkdtemp(prefix="sf-bench-run-"))
     overrides = [
         "dataset=mnist", f"paths.data_dir={data_dir}", "model=small_cnn", "scenario=iid", "sparsity=dense",
+        "method=finetune", "optimizer=sgd", "lr_scheduler=none",  # what the hand-written loop does
         f"scenario.epochs_per_task={repeats + 1}",  # +1: the first epoch is warm-up
         f"data.batch_size={batch_size}", f"trainer.limit_train_batches={steps}", f"logger={logger}",
         "task_loop.eval_limit_batches=1", f"trainer.enable_progress_bar={str(progress_bar).lower()}",
