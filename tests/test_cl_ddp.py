@@ -14,8 +14,16 @@ from tests.helpers.cl import QUIET, summary
 def test_replay_buffer_is_identical_on_every_rank(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(
-        [*QUIET, "hardware=ddp_cpu", "method=derpp", "method.buffer_size=300", "scenario.n_tasks=2",
-         f"hydra.run.dir={run_dir}", "+callbacks.dump._target_=tests.helpers.cl.buffer_dump"],
+        [
+            *QUIET,
+            "hardware=ddp_cpu",
+            "method=derpp",
+            "method.buffer_size=300",
+            "scenario.n_tasks=2",
+            "scenario.epochs_per_task=1",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.dump._target_=tests.helpers.cl.buffer_dump",
+        ],
         env={"OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

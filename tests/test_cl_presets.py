@@ -12,7 +12,7 @@ from tests.helpers.fake_data import write_cifar, write_mnist_like, write_tiny_im
 
 # preset: (dataset target, model name, n_tasks, epochs per task, batch size, fake-data writer)
 PRESETS = {
-    "split_digits": ("Digits", "mlp", 5, 1, 128, None),
+    "split_digits": ("Digits", "mlp", 5, 5, 32, None),
     "split_mnist": ("MNIST", "mlp", 5, 1, 32, lambda d: write_mnist_like(d, "MNIST")),
     "split_fmnist": ("FashionMNIST", "mlp", 5, 1, 32, lambda d: write_mnist_like(d, "FashionMNIST")),
     "split_cifar10": ("CIFAR10", "resnet18_cifar", 5, 50, 32, lambda d: write_cifar(d, 10)),

@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from sparseforge.lightning.loggers import run_id_for
 from sparseforge.methods.base import ContinualMethod
@@ -43,8 +46,13 @@ DATASETS = {
     "fashion_mnist": (lambda d: fake_data.write_mnist_like(d, "FashionMNIST"), [], 10, 1, 28),
     "emnist_letters": (fake_data.write_emnist_letters, ["scenario.n_tasks=2"], 26, 1, 28),
     "cifar10": (lambda d: fake_data.write_cifar(d, 10), ["dataset.verify_checksums=false"], 10, 3, 32),
-    "cifar100": (lambda d: fake_data.write_cifar(d, 100, n_train=300, n_test=200),
-                 ["dataset.verify_checksums=false"], 100, 3, 32),
+    "cifar100": (
+        lambda d: fake_data.write_cifar(d, 100, n_train=300, n_test=200),
+        ["dataset.verify_checksums=false"],
+        100,
+        3,
+        32,
+    ),
     "tiny_imagenet": (lambda d: fake_data.write_tiny_imagenet(d, per_class_train=1, per_class_val=1), [], 200, 3, 64),
 }
 
@@ -70,16 +78,26 @@ MODELS = {
     "small_cnn": ["model=small_cnn"],
     "resnet18_cifar": ["model=resnet18_cifar", "model.width=8"],
     "timm_resnet18": ["model=timm", "model.name=resnet18"],
-    "timm_vit_tiny": ["model=timm", "model.name=vit_tiny_patch16_224", "+model.kwargs.img_size=32",
-                      "+model.kwargs.patch_size=4"],
+    "timm_vit_tiny": [
+        "model=timm",
+        "model.name=vit_tiny_patch16_224",
+        "+model.kwargs.img_size=32",
+        "+model.kwargs.patch_size=4",
+    ],
 }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fdr_trains_every_model_family(name, data_dir, tmp_path):
     fake_data.write_cifar(data_dir, 10)
-    overrides = ["dataset=cifar10", "dataset.verify_checksums=false", "scenario=iid", "debug=fdr",
-                 "data.batch_size=8", *MODELS[name]]
+    overrides = [
+        "dataset=cifar10",
+        "dataset.verify_checksums=false",
+        "scenario=iid",
+        "debug=fdr",
+        "data.batch_size=8",
+        *MODELS[name],
+    ]
     metrics, summary = run(overrides, tmp_path / "run", data_dir)
     assert summary["status"] == "completed" and 0.0 <= metrics["test/acc"] <= 1.0
     assert summary["n_params"] > 0
@@ -137,9 +155,16 @@ def test_failure_writes_a_failed_summary_and_finishes_wandb(tmp_path, monkeypatc
 
 def test_wandb_offline_run_holds_the_resolved_config(tmp_path):
     run_dir = tmp_path / "run"
-    overrides = ["logger=wandb", "logger.wandb.mode=offline", "logger.wandb.project=proj",
-                 "logger.wandb.job_type=unit", "tags=[t1,t2]", "+experiment=dense_mnist", "dataset=digits",
-                 "scenario.epochs_per_task=1"]
+    overrides = [
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "logger.wandb.project=proj",
+        "logger.wandb.job_type=unit",
+        "tags=[t1,t2]",
+        "+experiment=dense_mnist",
+        "dataset=digits",
+        "scenario.epochs_per_task=1",
+    ]
     _, summary = run(overrides, run_dir)
     (offline,) = offline_run_dirs(run_dir)
     run_id = run_id_for(run_dir)
@@ -147,7 +172,13 @@ def test_wandb_offline_run_holds_the_resolved_config(tmp_path):
     records = records_when_finished(offline)
     (header,) = of_type(records, "run")
     r = header.run
-    assert (r.run_id, r.project, r.run_group, r.job_type, list(r.tags)) == (run_id, "proj", "dense_mnist", "unit", ["t1", "t2"])
+    assert (r.run_id, r.project, r.run_group, r.job_type, list(r.tags)) == (
+        run_id,
+        "proj",
+        "dense_mnist",
+        "unit",
+        ["t1", "t2"],
+    )
     config = logged_config(records)
     for key in ("dataset", "model", "optimizer", "scenario", "trainer", "seed"):
         assert config[key] == summary["config"][key], key
@@ -183,8 +214,14 @@ def _weights(ckpt) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    common = ["logger=csv", "scenario=iid", "scenario.epochs_per_task=4", "lr_scheduler=cosine", "seed=5",
-              "sparsity=dense"]
+    common = [
+        "logger=csv",
+        "scenario=iid",
+        "scenario.epochs_per_task=4",
+        "lr_scheduler=cosine",
+        "seed=5",
+        "sparsity=dense",
+    ]
     full, _ = run(common, tmp_path / "full")
 
     part = tmp_path / "part"
@@ -198,7 +235,10 @@ def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tm
     assert _epochs_logged(part / "after_resume" / "metrics.csv") == [2, 3]  # only the epochs left
     assert _epochs_logged(part / "csv" / "metrics.csv") == [0, 1]
     # exact resume: the same weights and numbers as the uninterrupted run
-    w_full, w_part = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt"), _weights(part / "checkpoints" / "last.ckpt")
+    w_full, w_part = (
+        _weights(tmp_path / "full" / "checkpoints" / "last.ckpt"),
+        _weights(part / "checkpoints" / "last.ckpt"),
+    )
     assert w_full.keys() == w_part.keys()
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
     assert resumed["test/acc"] == full["test/acc"]
@@ -218,6 +258,52 @@ def test_csv_log_survives_a_resume(tmp_path, monkeypatch):
 
 def test_dense_training_learns_digits(tmp_path):
     """The stack learns: plain dense iid training on digits reaches a sensible accuracy."""
-    metrics, _ = run(["logger=none", "callbacks=none", "scenario=iid", "scenario.epochs_per_task=5", "sparsity=dense"],
-                     tmp_path / "r")
+    metrics, _ = run(
+        ["logger=none", "callbacks=none", "scenario=iid", "scenario.epochs_per_task=5", "sparsity=dense"],
+        tmp_path / "r",
+    )
     assert metrics["test/acc"] > 0.9 and math.isfinite(metrics["train/loss"])
+
+
+class SigtermAtStep(Callback):
+    """Sends this process SIGTERM, as SLURM does to a preempted or requeued job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_preempted_run_says_interrupted_and_resumes_to_completion(tmp_path):
+    common = ["logger=none", "scenario=iid", "scenario.epochs_per_task=2", "sparsity=dense"]
+    part = tmp_path / "part"
+    sigterm = ["+callbacks.sigterm._target_=tests.test_foundation_train.SigtermAtStep", "+callbacks.sigterm.step=60"]
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, raised at the next step
+        run([*common, *sigterm], part)
+    summary = json.loads((part / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERMException" in summary["error"]
+    _, resumed = run([*common, "ckpt_path=auto"], part)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(part / "checkpoints" / "last.ckpt")
+
+
+def test_a_run_cut_short_by_max_steps_is_stopped_early_and_auto_resume_finishes_it_exactly(tmp_path):
+    common = ["logger=none", "scenario=iid", "scenario.epochs_per_task=3", "sparsity=dense", "seed=2"]
+    straight, _ = run(common, tmp_path / "straight")
+    run_dir = tmp_path / "run"
+    _, cut = run([*common, "trainer.max_steps=50"], run_dir)  # 43 steps per epoch: stops in epoch 2
+    assert cut["status"] == "stopped_early"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 43  # whole epochs
+    resumed, finished = run([*common, "ckpt_path=auto"], run_dir)  # not skipped as if it had completed
+    assert finished["status"] == "completed" and finished["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    # the interrupted epoch is replayed, not skipped: the same steps, weights and numbers
+    assert (
+        _weights(run_dir / "checkpoints" / "last.ckpt").keys()
+        == _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt").keys()
+    )
+    for key, value in _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt").items():
+        assert torch.equal(value, _weights(run_dir / "checkpoints" / "last.ckpt")[key]), key
+    assert resumed == straight
+    _, again = run([*common, "ckpt_path=auto"], run_dir)
+    assert again["status"] == "completed" and again["started_at"] == finished["started_at"]  # now it is skipped

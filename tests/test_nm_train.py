@@ -64,7 +64,7 @@ def test_training_flops_follow_our_convention(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     cfg = compose_config(
         [
-            "dataset=mnist", f"paths.data_dir={data_dir}", "model=mlp", "model.hidden_sizes=[32]", "scenario=iid",
+            "dataset=mnist", f"paths.data_dir={data_dir}", "model=mlp", "model.hidden_sizes=[32]", "scenario=iid", "method=finetune",
             "scenario.epochs_per_task=2", "data.batch_size=16", "logger=csv", "sparsity=nm", "sparsity.mode=srste",
             "sparsity.n=1", "sparsity.m=8", "sparsity.include=[features.1]",
         ],
@@ -112,7 +112,7 @@ def _mlp_overrides(data_dir, mode: str) -> list[str]:
         "mdgf": ["sparsity.mode=mdgf", "sparsity.mdgf.decay=exponential", "sparsity.mdgf.end_fraction=0.75"],
     }[mode]
     return [
-        "dataset=mnist", f"paths.data_dir={data_dir}", "model=mlp", "model.hidden_sizes=[64,32]", "scenario=iid",
+        "dataset=mnist", f"paths.data_dir={data_dir}", "model=mlp", "model.hidden_sizes=[64,32]", "scenario=iid", "method=finetune",
         "scenario.epochs_per_task=4", "data.batch_size=50", "logger=csv", "optimizer=adam", "optimizer.lr=0.01",
         "sparsity=nm", "sparsity.n=1", "sparsity.m=8", "sparsity.include=[features.1,features.3]",
         "trainer.enable_progress_bar=false", *extra,

@@ -31,6 +31,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TINY = [
     "sparsity=dense",
     "scenario=iid",
+    "method=finetune",
+    # ~1 s per epoch whatever the machine's speed, so the requeue and the signal below reach a
+    # run that is still training (the computation itself is untouched: results stay comparable)
+    "+callbacks.pace._target_=tests.helpers.pacing.EpochPace",
+    "+callbacks.pace.seconds=1.0",
     "scenario.epochs_per_task=6",
     "data.batch_size=64",
     "print_config=false",
@@ -98,13 +103,22 @@ def checkpointed(sweep_dir: Path, point) -> Path | None:
     return None
 
 
-def send_signal(job: str, signal: str) -> None:
-    """scancel --signal; scancel itself keeps retrying while the job is being requeued: do not wait on it."""
+def send_signal(job: str, signal: str, delivered) -> None:
+    """``scancel --signal``, stopped as soon as ``delivered()`` says the job handled it.
+
+    scancel keeps retrying while the job it signals is being requeued, and a retry that lands on
+    the restarted job before Lightning installs its handlers kills it: so never let it run on.
+    """
     sender = subprocess.Popen(["scancel", f"--signal={signal}", job])
     try:
-        sender.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        sender.kill()
+        wait_for(delivered, 120, f"{job} to handle {signal}", interval=0.2)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+
+
+def log_says(path: Path, text: str):
+    return lambda: path.exists() and text in path.read_text(errors="replace")
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
@@ -153,7 +167,8 @@ def test_submitit_sweep_is_one_array_resumes_a_preempted_point_and_a_rerun_submi
         array_id = task_dirs[0].split("_")[0]
         job_ids.append(array_id)
         # submitit's own preemption signal: it requeues the task, which must resume from last.ckpt
-        send_signal(f"{array_id}_0", "USR2")
+        task_log = sweep_dir / ".submitit" / f"{array_id}_0" / f"{array_id}_0_0_log.out"
+        send_signal(f"{array_id}_0", "USR2", log_says(task_log, "this job is preempted"))
         assert launcher.wait(timeout=1500) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     finally:
         if launcher.poll() is None:
@@ -216,7 +231,9 @@ def test_sbatch_array_runs_the_planned_lines_resumes_requeued_tasks_and_aggregat
     first = wait_for(lambda: checkpointed(sweep_dir, FIRST_POINT), 600, "the first point's first checkpoint")
     subprocess.run(["scontrol", "requeue", f"{array_id}_0"], check=True, timeout=30)  # as an admin or preemption would
     second = wait_for(lambda: checkpointed(sweep_dir, SECOND_POINT), 600, "the second point's first checkpoint")
-    send_signal(f"{array_id}_1", "USR1")  # what --signal=USR1@90 sends before the time limit
+    second_log_file = sweep_dir / ".slurm" / f"{array_id}_1.out"
+    # what --signal=USR1@90 sends before the time limit
+    send_signal(f"{array_id}_1", "USR1", log_says(second_log_file, "Handling auto-requeue signal"))
     wait_for(lambda: queue_empty(array_id), 1500, f"array {array_id} to finish", interval=2)
 
     done = summaries(sweep_dir)

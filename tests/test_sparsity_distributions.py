@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -36,6 +36,8 @@ def as_layers(shapes):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shapes=model_shapes, density=st.floats(0.005, 1.0), distribution=st.sampled_from(["uniform", "er", "erk"]))
+# Rounding is not monotonic: here 0.005 empties the conv layer although 0.00488 does not.
+@example(shapes=[(41, 151), (4, 5, 1, 3)], density=0.005, distribution="uniform")
 def test_counts_are_exact_integers_within_one_weight_and_the_global_budget_is_exact(shapes, density, distribution):
     named = {f"l{i}": s for i, s in enumerate(shapes)}
     sizes = {n: math.prod(s) for n, s in named.items()}
@@ -163,5 +165,10 @@ def test_a_density_that_empties_a_layer_names_the_layer_and_the_smallest_workabl
     assert "sparsity.density" in message and "'fc'" in message and "no weight" in message
     smallest = float(message.split("density >= ")[1].split()[0])
     assert min(layer_densities(model, smallest, "uniform").values()) > 0
-    with pytest.raises(ConfigError):
-        layer_densities(model, smallest * 0.99, "uniform")
+    # Safe upward (the reason it is defined on the real targets): every higher density works ...
+    for factor in (1.001, 1.01, 1.1, 1.5, 3.0):
+        assert min(layer_densities(model, min(smallest * factor, 1.0), "uniform").values()) > 0
+    # ... and it is tight: 1% less gives some layer less than one weight's worth of target.
+    shapes = weight_shapes(select_layers(model))
+    real = solve_densities(shapes, smallest * 0.99, "uniform")
+    assert min(real[n] * math.prod(s) for n, s in shapes.items()) < 1

@@ -258,10 +258,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(resolved)
         run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
         summary.update(collect_summary(run))
-        summary["status"] = "completed"
+        summary["status"] = "completed" if _ran_every_epoch(run.trainer) else "stopped_early"
         return summary["metrics"]
     except BaseException as exc:
-        summary["status"] = "failed"
+        # A preemption or Ctrl-C is not a failure: the run resumes from its last checkpoint with
+        # ckpt_path=auto. Lightning turns both into SystemExit (SIGTERM: SIGTERMException).
+        stopped = isinstance(exc, (SystemExit, KeyboardInterrupt))
+        summary["status"] = "interrupted" if stopped else "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
@@ -275,6 +278,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 train.last_summary = None
+
+
+def _ran_every_epoch(trainer) -> bool:
+    """False when max_time, max_steps or a callback stopped fit before its last epoch.
+
+    Such a run is not "completed": ckpt_path=auto resumes it instead of skipping it, and sweep
+    aggregation leaves it out. fast_dev_run is a complete run by definition.
+    """
+    return bool(trainer.fast_dev_run) or trainer.current_epoch >= trainer.max_epochs
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

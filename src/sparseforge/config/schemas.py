@@ -376,6 +376,7 @@ class TrainerConfig:
     precision: Any = "32-true"
     max_epochs: Optional[int] = None  # null: n_tasks x scenario.epochs_per_task
     max_steps: int = -1
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"; a run it stops is "stopped_early", resumable
     limit_train_batches: Optional[Any] = None
     fast_dev_run: Any = False
     gradient_clip_val: Optional[float] = None

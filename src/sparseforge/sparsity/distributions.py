@@ -87,10 +87,19 @@ def _counts(shapes: Mapping[str, Shape], density: float, distribution: str, erk_
 
 
 def smallest_workable_density(shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0) -> float:
-    """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight."""
+    """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight.
+
+    Defined on the real-valued targets (every layer's ``d_l * N_l >= 1``), not on the rounded
+    counts: the targets grow monotonically with the density, so every density from here up works.
+    Largest-remainder rounding is not monotonic (a layer at 0.3 of a weight can win the spare
+    weight at one density and lose it at a slightly higher one), so the rounded counts could not
+    give a threshold that is safe to recommend.
+    """
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
 
     def works(d: float) -> bool:
-        return min(_counts(shapes, d, distribution, erk_power_scale).values()) >= 1
+        real = solve_densities(shapes, d, distribution, erk_power_scale)
+        return all(min(real[n], 1.0) * sizes[n] >= 1 for n in shapes)
 
     lo, hi = 0.0, 1.0
     for _ in range(60):

@@ -1,0 +1,18 @@
+"""A callback that makes a tiny run last long enough to be preempted while it trains."""
+
+from __future__ import annotations
+
+import time
+
+from lightning.pytorch.callbacks import Callback
+
+
+class EpochPace(Callback):
+    """Sleeps after every training epoch. It changes no computation, only how long a run takes:
+    without it a tiny SLURM test run can finish before the test's requeue or signal reaches it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        time.sleep(self.seconds)
