@@ -118,11 +118,20 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
         raise SystemExit(f"need {steps * batch_size} images for {steps} steps, have {len(y)}")
     out = Path(tempfile.mkdtemp(prefix="sf-bench-run-"))
     overrides = [
-        "dataset=mnist", f"paths.data_dir={data_dir}", "model=small_cnn", "scenario=iid", "sparsity=dense",
-        "method=finetune", "optimizer=sgd", "lr_scheduler=none",  # what the hand-written loop does
+        "dataset=mnist",
+        f"paths.data_dir={data_dir}",
+        "model=small_cnn",
+        "scenario=iid",
+        "sparsity=dense",
+        "method=finetune",
+        "optimizer=sgd",
+        "lr_scheduler=none",  # what the hand-written loop does
         f"scenario.epochs_per_task={repeats + 1}",  # +1: the first epoch is warm-up
-        f"data.batch_size={batch_size}", f"trainer.limit_train_batches={steps}", f"logger={logger}",
-        "task_loop.eval_limit_batches=1", f"trainer.enable_progress_bar={str(progress_bar).lower()}",
+        f"data.batch_size={batch_size}",
+        f"trainer.limit_train_batches={steps}",
+        f"logger={logger}",
+        "task_loop.eval_limit_batches=1",
+        f"trainer.enable_progress_bar={str(progress_bar).lower()}",
         "print_config=false",
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -162,8 +171,12 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
             if trainer.current_epoch > 0:
                 n = steps
                 sf, hd = sum(times["sparseforge"][-n:]), sum(times["hand_loop"][-n:])
-                print(f"epoch {trainer.current_epoch}: sparseforge {n / sf:.2f} steps/s, hand loop {n / hd:.2f} "
-                      f"steps/s, ratio {sf / hd:.3f}", file=sys.stderr, flush=True)
+                print(
+                    f"epoch {trainer.current_epoch}: sparseforge {n / sf:.2f} steps/s, hand loop {n / hd:.2f} "
+                    f"steps/s, ratio {sf / hd:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     run.trainer.callbacks.insert(0, Interleave())  # first: the others' batch-end hooks count as Lightning
     run.trainer.fit(run.method, datamodule=run.datamodule)
@@ -216,15 +229,19 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     overhead = measure_overhead(a.repeats, a.steps, a.batch_size, logger="csv", progress_bar=True)
-    print(f"framework overhead (small CNN, 28x28, batch {a.batch_size}): "
-          f"sparseforge {overhead['sparseforge_steps_per_s']} steps/s, hand loop {overhead['hand_loop_steps_per_s']} "
-          f"steps/s, ratio {overhead['overhead_ratio']} (must be <= 1.10)")
+    print(
+        f"framework overhead (small CNN, 28x28, batch {a.batch_size}): "
+        f"sparseforge {overhead['sparseforge_steps_per_s']} steps/s, hand loop {overhead['hand_loop_steps_per_s']} "
+        f"steps/s, ratio {overhead['overhead_ratio']} (must be <= 1.10)"
+    )
     startup = {}
     if a.startup_runs > 0:
         startup["default"] = time_to_first_step([], a.startup_runs)
         startup["default_csv_logger"] = time_to_first_step(["logger=csv"], a.startup_runs)
     for s in startup.values():
-        print(f"python train.py {' '.join(s['args'])} -> first training step: {s['median_s']} s (median of {len(s['samples_s'])})")
+        print(
+            f"python train.py {' '.join(s['args'])} -> first training step: {s['median_s']} s (median of {len(s['samples_s'])})"
+        )
     figures = {
         "benchmark": "framework_overhead",
         "torch_threads": a.threads,

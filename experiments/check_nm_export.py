@@ -51,12 +51,16 @@ def synthetic(pattern: str, blocks: int, seed: int) -> tuple[nn.Module, dict]:
     """ViT-B-sized MLP blocks (fc1 768->3072, fc2 3072->768) with N:M masks, and their export."""
     n, m = map(int, pattern.split(":"))
     torch.manual_seed(seed)
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)) for _ in range(blocks)])
+    model = nn.Sequential(
+        *[nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)) for _ in range(blocks)]
+    )
     sparsifier = NMSparsifier(model, NMSchedule(n=n, m=m, mode="srste"), include=["*.0", "*.2"])
     sparsifier.set_position(1, 1)
     model.eval()
     state = export_state(model)
-    plain = nn.Sequential(*[nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)) for _ in range(blocks)])
+    plain = nn.Sequential(
+        *[nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)) for _ in range(blocks)]
+    )
     load_export(state, plain)
     return plain.eval(), state
 
@@ -77,7 +81,9 @@ def from_run(run_dir: Path) -> tuple[nn.Module, dict, nn.Module, tuple[int, ...]
     callback = instantiate(cfg.sparsity)
     callback.preflight(trained)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    trained.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    trained.load_state_dict(
+        {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    )
     return plain.eval(), state, trained.eval(), (dataset.in_chans, dataset.image_size, dataset.image_size)
 
 
@@ -111,7 +117,9 @@ def timed(fn, x, repeats: int, cuda: bool) -> list[float]:
 
 
 @torch.no_grad()
-def check(label: str, plain: nn.Module, state: dict, x: torch.Tensor, repeats: int, reference: nn.Module | None) -> dict:
+def check(
+    label: str, plain: nn.Module, state: dict, x: torch.Tensor, repeats: int, reference: nn.Module | None
+) -> dict:
     result: dict = {"model": label, "layers": validate(plain, state)}
     result["all_2to4"] = all(v["is_2to4"] for v in result["layers"].values())
     if reference is not None:  # the training-time N:M model against its export: must be bit-exact on CPU
@@ -184,7 +192,9 @@ def main() -> None:
                 f"-> speedup {r['speedup']:.2f}x (max |diff| {r['max_abs_diff']:.2e})"
             )
         else:
-            shapes = {v["cusparselt_fp16"] == "eligible" and v["cutlass_fp16"] == "eligible" for v in r["layers"].values()}
+            shapes = {
+                v["cusparselt_fp16"] == "eligible" and v["cutlass_fp16"] == "eligible" for v in r["layers"].values()
+            }
             line += f"; shapes meet cuSPARSELt and CUTLASS fp16 tiles: {shapes == {True}}"
         print(line)
     print(json.dumps({"semi_structured_unavailable_reason": reason, "results": results}))

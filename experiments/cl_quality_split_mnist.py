@@ -34,9 +34,19 @@ METHODS = {
 def run(method: str, seed: int, out: Path, extra: list[str]) -> dict:
     run_dir = out / f"{method}_seed{seed}"
     args = [
-        sys.executable, str(REPO / "train.py"), "+experiment=split_mnist", "sparsity=dense",
-        *METHODS[method], f"seed={seed}", "logger=none", "callbacks=none", "task_loop.heatmap=false",
-        "print_config=false", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", *extra,
+        sys.executable,
+        str(REPO / "train.py"),
+        "+experiment=split_mnist",
+        "sparsity=dense",
+        *METHODS[method],
+        f"seed={seed}",
+        "logger=none",
+        "callbacks=none",
+        "task_loop.heatmap=false",
+        "print_config=false",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *extra,
     ]
     start = time.time()
     # One intra-op thread unless told otherwise: tiny MLP ops on a shared CPU are much slower
@@ -48,9 +58,15 @@ def run(method: str, seed: int, out: Path, extra: list[str]) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     cl = summary["cl"]
     return {
-        "method": method, "seed": seed, "avg_acc": cl["avg_acc"], "avg_acc_task_il": cl["avg_acc_task_il"],
-        "forgetting": cl["forgetting"], "bwt": cl["bwt"], "final_row": cl["acc_matrix"][-1],
-        "eval_share": cl["eval_share"], "wall_s": time.time() - start,
+        "method": method,
+        "seed": seed,
+        "avg_acc": cl["avg_acc"],
+        "avg_acc_task_il": cl["avg_acc_task_il"],
+        "forgetting": cl["forgetting"],
+        "bwt": cl["bwt"],
+        "final_row": cl["acc_matrix"][-1],
+        "eval_share": cl["eval_share"],
+        "wall_s": time.time() - start,
     }
 
 
@@ -69,8 +85,11 @@ def main() -> None:
         for method in args.methods:
             r = run(method, seed, out, args.overrides)
             results.append(r)
-            print(f"{method:9s} seed {seed}: avg acc {100 * r['avg_acc']:.2f}%  task-IL {100 * r['avg_acc_task_il']:.2f}%  "
-                  f"forgetting {100 * r['forgetting']:.2f}  ({r['wall_s']:.0f} s)", flush=True)
+            print(
+                f"{method:9s} seed {seed}: avg acc {100 * r['avg_acc']:.2f}%  task-IL {100 * r['avg_acc_task_il']:.2f}%  "
+                f"forgetting {100 * r['forgetting']:.2f}  ({r['wall_s']:.0f} s)",
+                flush=True,
+            )
     table = {}
     for method in args.methods:
         accs = [r["avg_acc"] for r in results if r["method"] == method]
@@ -78,11 +97,16 @@ def main() -> None:
         fgt = [r["forgetting"] for r in results if r["method"] == method]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         table[method] = {
-            "avg_acc_mean": statistics.mean(accs), "avg_acc_std": std, "avg_acc_task_il_mean": statistics.mean(til),
-            "forgetting_mean": statistics.mean(fgt), "seeds": args.seeds,
+            "avg_acc_mean": statistics.mean(accs),
+            "avg_acc_std": std,
+            "avg_acc_task_il_mean": statistics.mean(til),
+            "forgetting_mean": statistics.mean(fgt),
+            "seeds": args.seeds,
         }
-        print(f"{method:9s} class-IL {100 * statistics.mean(accs):.1f} +- {100 * std:.1f}   "
-              f"task-IL {100 * statistics.mean(til):.1f}   forgetting {100 * statistics.mean(fgt):.1f}")
+        print(
+            f"{method:9s} class-IL {100 * statistics.mean(accs):.1f} +- {100 * std:.1f}   "
+            f"task-IL {100 * statistics.mean(til):.1f}   forgetting {100 * statistics.mean(fgt):.1f}"
+        )
     print(json.dumps({"split_mnist_class_il": table, "runs": results}))
 
 

@@ -64,8 +64,14 @@ def compose(overrides: list[str], out: Path):
 
 def common(batch_size: int) -> list[str]:
     return [
-        "+experiment=split_mnist", "sparsity=dense", "logger=none", "callbacks=none", "task_loop.heatmap=false",
-        "print_config=false", "trainer.enable_progress_bar=false", f"data.batch_size={batch_size}",
+        "+experiment=split_mnist",
+        "sparsity=dense",
+        "logger=none",
+        "callbacks=none",
+        "task_loop.heatmap=false",
+        "print_config=false",
+        "trainer.enable_progress_bar=false",
+        f"data.batch_size={batch_size}",
     ]
 
 
@@ -82,8 +88,14 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
             if trainer.current_epoch == 1:
                 ends.append(time.perf_counter())
 
-    overrides = [*common(batch_size), *MODELS[model], *METHODS[variant], "trainer.max_epochs=2",
-                 f"trainer.limit_train_batches={steps}", "task_loop.eval_limit_batches=1"]
+    overrides = [
+        *common(batch_size),
+        *MODELS[model],
+        *METHODS[variant],
+        "trainer.max_epochs=2",
+        f"trainer.limit_train_batches={steps}",
+        "task_loop.eval_limit_batches=1",
+    ]
     cfg = compose(overrides, out / f"{model}_{variant}_{batch_size}_{time.time_ns()}")
     apply_last(cfg)
     run = build(cfg)
@@ -145,8 +157,13 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="cl_overhead_"))
     b = args.batch_size
     variants = [("finetune", b), ("er", b), ("derpp", b), ("finetune", 2 * b), ("finetune", 3 * b)]
-    figures: dict = {"batch_size": b, "steps_per_task": args.steps, "rounds": args.rounds,
-                     "threads": torch.get_num_threads(), "models": {}}
+    figures: dict = {
+        "batch_size": b,
+        "steps_per_task": args.steps,
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
     for model in args.models:
         per_round: list[dict[str, float]] = []  # median step (ms) of every variant, per round
         for r in range(args.rounds):
@@ -154,7 +171,11 @@ def main() -> None:
             for variant, bs in variants:  # interleaved: every round runs every variant once
                 medians[f"{variant}@{bs}"] = 1000 * statistics.median(step_times(model, variant, bs, args.steps, out))
             per_round.append(medians)
-            print(f"{model} round {r}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in medians.items()), file=sys.stderr, flush=True)
+            print(
+                f"{model} round {r}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in medians.items()),
+                file=sys.stderr,
+                flush=True,
+            )
 
         def ratio(a: str, c: str, per_round=per_round) -> dict:
             # paired within a round (same machine load), then the median over rounds
@@ -170,14 +191,19 @@ def main() -> None:
             "derpp_over_finetune_same_examples": ratio(f"derpp@{b}", f"finetune@{3 * b}"),
         }
         print(f"{model}: median step " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
-        print(f"{model}: " + ", ".join(f"{k} {v['median']}" for k, v in figures["models"][model].items() if k != "median_step_ms"))
+        print(
+            f"{model}: "
+            + ", ".join(f"{k} {v['median']}" for k, v in figures["models"][model].items() if k != "median_step_ms")
+        )
     figures["buffer_bookkeeping_ms_per_step"] = {k: round(v, 3) for k, v in buffer_bookkeeping(b).items()}
     print(f"buffer add + sample + re-augment per step: {figures['buffer_bookkeeping_ms_per_step']}")
     if not args.skip_eval_share:
         figures["eval_share_split_mnist_mlp"] = {v: eval_share(v, out) for v in METHODS}
         for v, e in figures["eval_share_split_mnist_mlp"].items():
-            print(f"evaluation share, Split MNIST {v}: {100 * e['eval_share']:.1f}% "
-                  f"({e['eval_seconds']:.1f} s of {e['fit_seconds']:.1f} s)")
+            print(
+                f"evaluation share, Split MNIST {v}: {100 * e['eval_share']:.1f}% "
+                f"({e['eval_seconds']:.1f} s of {e['fit_seconds']:.1f} s)"
+            )
     print(json.dumps(figures))
 
 

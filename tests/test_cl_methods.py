@@ -58,9 +58,15 @@ def test_replay_stores_raw_images_and_the_batch_logits(tmp_path, data_dir):
     """On CIFAR (random crop + flip) the buffer holds the non-augmented uint8 images."""
     write_cifar(data_dir, n_train=120, n_test=40)
     overrides = [
-        "dataset=cifar10", f"paths.data_dir={data_dir}", "dataset.verify_checksums=false",
-        "model=small_cnn", "model.channels=[4,8,8]", "method=derpp", "method.buffer_size=50",
-        "data.batch_size=16", "scenario.n_tasks=2",
+        "dataset=cifar10",
+        f"paths.data_dir={data_dir}",
+        "dataset.verify_checksums=false",
+        "model=small_cnn",
+        "model.channels=[4,8,8]",
+        "method=derpp",
+        "method.buffer_size=50",
+        "data.batch_size=16",
+        "scenario.n_tasks=2",
     ]
     with one_thread():
         train(compose_config([*QUIET, *overrides], output_dir=tmp_path / "run"))
@@ -102,9 +108,17 @@ def test_blurry_runs_on_cifar(tmp_path, data_dir):
     s = run(
         tmp_path,
         [
-            "dataset=cifar10", f"paths.data_dir={data_dir}", "dataset.verify_checksums=false", "model=small_cnn",
-            "model.channels=[4,8,8]", "scenario=blurry", "scenario.class_per_episode=3", "method=er",
-            "method.buffer_size=40", "data.batch_size=32", "callbacks=none",
+            "dataset=cifar10",
+            f"paths.data_dir={data_dir}",
+            "dataset.verify_checksums=false",
+            "model=small_cnn",
+            "model.channels=[4,8,8]",
+            "scenario=blurry",
+            "scenario.class_per_episode=3",
+            "method=er",
+            "method.buffer_size=40",
+            "data.batch_size=32",
+            "callbacks=none",
         ],
     )
     cl = s["cl"]
@@ -139,7 +153,10 @@ def test_wandb_gets_task_axis_and_matrix_table(tmp_path):
     axes = {(r.metric.glob_name, r.metric.step_metric) for r in of_type(records, "metric")}
     assert ("cl/*", "task") in axes  # every cl/* metric is plotted against `task`
     tasks_logged = {
-        json.loads(i.value_json) for r in of_type(records, "history") for i in r.history.item if list(i.nested_key) == ["task"]
+        json.loads(i.value_json)
+        for r in of_type(records, "history")
+        for i in r.history.item
+        if list(i.nested_key) == ["task"]
     }
     assert tasks_logged == {0, 1, 2, 3, 4}
     tables = list(offline.glob("files/media/table/cl/acc_matrix_*.table.json"))

@@ -18,7 +18,14 @@ PRESETS = {
     "split_cifar10": ("CIFAR10", "resnet18_cifar", 5, 50, 32, lambda d: write_cifar(d, 10)),
     "split_cifar100_10": ("CIFAR100", "resnet18_cifar", 10, 50, 32, lambda d: write_cifar(d, 100, n_train=200)),
     "split_cifar100_20": ("CIFAR100", "resnet18_cifar", 20, 50, 32, lambda d: write_cifar(d, 100, n_train=200)),
-    "split_tinyimagenet": ("TinyImageNet", "resnet18_cifar", 10, 100, 32, lambda d: write_tiny_imagenet(d, per_class_train=1)),
+    "split_tinyimagenet": (
+        "TinyImageNet",
+        "resnet18_cifar",
+        10,
+        100,
+        32,
+        lambda d: write_tiny_imagenet(d, per_class_train=1),
+    ),
 }
 
 
@@ -41,8 +48,10 @@ def test_split_preset(tmp_path, data_dir, preset):
     if model == "resnet18_cifar":
         assert cfg.model.width == 64 and cfg.optimizer.lr == 0.03 and cfg.optimizer.momentum == 0
     # the whole sequence, one batch per task, with a narrow network to keep CI fast
-    run = compose_config([*overrides, "debug=fdr", *(["model.width=8"] if model == "resnet18_cifar" else [])],
-                         output_dir=tmp_path / "run")
+    run = compose_config(
+        [*overrides, "debug=fdr", *(["model.width=8"] if model == "resnet18_cifar" else [])],
+        output_dir=tmp_path / "run",
+    )
     with one_thread():
         train(run)
     cl = summary(tmp_path / "run")["cl"]

@@ -25,7 +25,14 @@ def test_split_mnist_replay_beats_catastrophic_forgetting(tmp_path, full_mnist_d
     acc = {}
     for method, overrides in METHODS.items():
         cfg = compose_config(
-            ["+experiment=split_mnist", *QUIET, *overrides, f"paths.data_dir={full_mnist_dir}", "callbacks=none", "seed=0"],
+            [
+                "+experiment=split_mnist",
+                *QUIET,
+                *overrides,
+                f"paths.data_dir={full_mnist_dir}",
+                "callbacks=none",
+                "seed=0",
+            ],
             output_dir=tmp_path / method,
         )
         with one_thread():

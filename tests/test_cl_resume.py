@@ -71,7 +71,9 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, epoch: int, env: dict,
     ckpt, last_mtime, deadline = run_dir / "checkpoints" / "last.ckpt", None, time.time() + timeout
     try:
         while time.time() < deadline:
-            assert proc.poll() is None, f"the run ended before epoch {epoch} was checkpointed:\n{proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the run ended before epoch {epoch} was checkpointed:\n{proc.stderr.read()[-3000:]}"
+            )
             mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else None
             if mtime is not None and mtime != last_mtime:
                 last_mtime = mtime
@@ -94,10 +96,20 @@ def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
     """Real SIGKILLs from outside: once inside a task, once at a task boundary (DER++ on RigL)."""
     write_cifar(data_dir, n_train=2000, n_test=200)  # CIFAR: random crop + flip use the global RNG
     common = [
-        *QUIET, "dataset=cifar10", f"paths.data_dir={data_dir}", "dataset.verify_checksums=false",
-        "model=small_cnn", "model.channels=[16,32,32]", "method=derpp", "method.buffer_size=100",
-        "data.batch_size=16", "scenario.n_tasks=5", "scenario.epochs_per_task=2", "seed=11",
-        "sparsity=rigl", "sparsity.delta_t=5",  # masks and the RigL schedule are part of the state
+        *QUIET,
+        "dataset=cifar10",
+        f"paths.data_dir={data_dir}",
+        "dataset.verify_checksums=false",
+        "model=small_cnn",
+        "model.channels=[16,32,32]",
+        "method=derpp",
+        "method.buffer_size=100",
+        "data.batch_size=16",
+        "scenario.n_tasks=5",
+        "scenario.epochs_per_task=2",
+        "seed=11",
+        "sparsity=rigl",
+        "sparsity.delta_t=5",  # masks and the RigL schedule are part of the state
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

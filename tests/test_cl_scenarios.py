@@ -24,7 +24,9 @@ def test_class_il_split_in_natural_order():
     assert sorted(seen.tolist()) == list(range(len(train_y)))  # every example in exactly one task
     for t in tasks:
         assert set(train_y[t.train_index].tolist()) == set(t.classes)
-        assert torch.equal(torch.sort(t.test_index).values, torch.nonzero(torch.isin(test_y, torch.tensor(t.classes))).flatten())
+        assert torch.equal(
+            torch.sort(t.test_index).values, torch.nonzero(torch.isin(test_y, torch.tensor(t.classes))).flatten()
+        )
 
 
 def test_random_class_order_is_a_seeded_permutation():

@@ -35,8 +35,15 @@ def test_default_run_offline_under_60s_with_table_and_run_dir(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(home), SPARSEFORGE_ROOT=str(tmp_path))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "train.py")], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "train.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert elapsed < 60, f"default run took {elapsed:.1f} s"
@@ -59,7 +66,9 @@ def test_console_script_works_from_any_directory(tmp_path):
     script = Path(sys.executable).parent / "sparseforge-train"
     assert script.exists(), "pip install -e . installs the sparseforge-train console script"
     env = {k: v for k, v in os.environ.items() if k != "SPARSEFORGE_ROOT"}
-    proc = subprocess.run([str(script), "debug=fdr"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(script), "debug=fdr"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary_path,) = summaries(tmp_path)  # outputs/ of the working directory
     assert json.loads(summary_path.read_text())["status"] == "completed"
@@ -67,9 +76,18 @@ def test_console_script_works_from_any_directory(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_over_two_values_gives_two_runs_each_finished(tmp_path):
-    proc = run_cli(["-m", "seed=0,1", "logger=wandb", "logger.wandb.mode=offline", "scenario=iid",
-                    "scenario.epochs_per_task=1", "print_config=false"],
-                   env={"SPARSEFORGE_ROOT": str(tmp_path)})
+    proc = run_cli(
+        [
+            "-m",
+            "seed=0,1",
+            "logger=wandb",
+            "logger.wandb.mode=offline",
+            "scenario=iid",
+            "scenario.epochs_per_task=1",
+            "print_config=false",
+        ],
+        env={"SPARSEFORGE_ROOT": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = summaries(tmp_path)
     assert len(found) == 2
@@ -89,8 +107,17 @@ def test_multirun_over_two_values_gives_two_runs_each_finished(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_cpu_runs_two_gloo_processes(tmp_path):
-    proc = run_cli(["hardware=ddp_cpu", "logger=csv", "scenario=iid", "scenario.epochs_per_task=2",
-                    "run_name=ddp", "print_config=false"], env={"SPARSEFORGE_ROOT": str(tmp_path)})
+    proc = run_cli(
+        [
+            "hardware=ddp_cpu",
+            "logger=csv",
+            "scenario=iid",
+            "scenario.epochs_per_task=2",
+            "run_name=ddp",
+            "print_config=false",
+        ],
+        env={"SPARSEFORGE_ROOT": str(tmp_path)},
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
@@ -109,8 +136,10 @@ BAD_INPUTS = {
     "unknown key": (["optimizer.lrr=0.1"], ["lrr"]),
     "added unknown key": (["+optimizer.lrr=0.1"], ["optimizer", "lrr"]),
     "bad seed": (["seed=abc"], ["seed"]),
-    "missing data, no download": (["dataset=mnist", "dataset.download=false"],
-                                  ["MNIST/raw", "train-images-idx3-ubyte", "SPARSEFORGE_DATA_DIR"]),
+    "missing data, no download": (
+        ["dataset=mnist", "dataset.download=false"],
+        ["MNIST/raw", "train-images-idx3-ubyte", "SPARSEFORGE_DATA_DIR"],
+    ),
     "missing data, download fails": (["dataset=cifar10"], ["cifar-10-batches-py", "data_batch_1", "download"]),
     "missing tiny-imagenet": (["dataset=tiny_imagenet"], ["tiny-imagenet-200", "wnids.txt", "val_annotations.txt"]),
 }
@@ -120,10 +149,15 @@ BAD_INPUTS = {
 def test_bad_input_fails_with_one_clear_error_and_no_run_dir(case, tmp_path):
     args, must_mention = BAD_INPUTS[case]
     data = tmp_path / "data"
-    env = {"SPARSEFORGE_ROOT": str(tmp_path), "SPARSEFORGE_DATA_DIR": str(data),
-           # offline, even where the internet is reachable: downloads go to a closed port
-           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env = {
+        "SPARSEFORGE_ROOT": str(tmp_path),
+        "SPARSEFORGE_DATA_DIR": str(data),
+        # offline, even where the internet is reachable: downloads go to a closed port
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
     proc = run_cli([*args, "print_config=false"], env=env, timeout=300)
     assert proc.returncode != 0
     assert no_traceback(proc), proc.stderr[-3000:]
@@ -162,8 +196,15 @@ def test_wandb_unset_key_does_not_prompt(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(home), SPARSEFORGE_ROOT=str(tmp_path))
     cmd = f"{sys.executable} {Path(__file__).parents[1] / 'train.py'} debug=fdr logger=wandb print_config=false"
-    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Enter your choice" not in proc.stdout
     (summary_path,) = summaries(tmp_path)

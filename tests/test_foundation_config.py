@@ -52,8 +52,24 @@ OPTIONS = sorted(_override_for(p) for p in CONFIGS.rglob("*.yaml") if p.parent !
 
 def test_discovery_sees_the_groups_of_the_issue():
     groups = {o.lstrip("+").split("=")[0].split("/")[0] for o in OPTIONS}
-    required = {"dataset", "model", "sparsity", "hardware", "logger", "trainer", "callbacks", "paths",
-                "experiment", "debug", "hydra", "optimizer", "lr_scheduler", "scenario", "method", "data"}
+    required = {
+        "dataset",
+        "model",
+        "sparsity",
+        "hardware",
+        "logger",
+        "trainer",
+        "callbacks",
+        "paths",
+        "experiment",
+        "debug",
+        "hydra",
+        "optimizer",
+        "lr_scheduler",
+        "scenario",
+        "method",
+        "data",
+    }
     assert required <= groups, required - groups
 
 
@@ -158,8 +174,15 @@ def test_hardware_options(hardware, accelerator, devices, strategy, precision):
 
 
 def test_wandb_settings_come_from_config():
-    cfg = compose(["+experiment=dense_mnist", "tags=[a,b]", "logger.wandb.entity=lab",
-                          "logger.wandb.project=proj", "logger.wandb.job_type=eval"])
+    cfg = compose(
+        [
+            "+experiment=dense_mnist",
+            "tags=[a,b]",
+            "logger.wandb.entity=lab",
+            "logger.wandb.project=proj",
+            "logger.wandb.job_type=eval",
+        ]
+    )
     w = OmegaConf.to_container(cfg, resolve=True)["logger"]["wandb"]
     assert (w["project"], w["entity"], w["job_type"], w["tags"]) == ("proj", "lab", "eval", ["a", "b"])
     assert w["group"] == "dense_mnist"  # the preset's name groups its runs
@@ -167,9 +190,15 @@ def test_wandb_settings_come_from_config():
 
 
 def test_trainer_settings_of_the_issue_are_exposed():
-    t = compose(["trainer.deterministic=true", "trainer.gradient_clip_val=0.5",
-                        "trainer.max_epochs=3", "trainer.precision=bf16-mixed",
-                        "task_loop.eval_every_n_epochs=2"])
+    t = compose(
+        [
+            "trainer.deterministic=true",
+            "trainer.gradient_clip_val=0.5",
+            "trainer.max_epochs=3",
+            "trainer.precision=bf16-mixed",
+            "task_loop.eval_every_n_epochs=2",
+        ]
+    )
     assert t.trainer.deterministic is True and t.trainer.gradient_clip_val == 0.5
     assert t.trainer.max_epochs == 3 and t.trainer.precision == "bf16-mixed"
     assert t.task_loop.eval_every_n_epochs == 2  # the validation interval

@@ -161,8 +161,9 @@ def test_registry_models_take_classes_and_channels_from_the_dataset(name, classe
 
 
 def test_timm_vit_tiny_at_32px_with_patch_4():
-    vit = create_model("vit_tiny_patch16_224", num_classes=10, in_chans=3, image_size=32,
-                       kwargs={"img_size": 32, "patch_size": 4})
+    vit = create_model(
+        "vit_tiny_patch16_224", num_classes=10, in_chans=3, image_size=32, kwargs={"img_size": 32, "patch_size": 4}
+    )
     assert vit.patch_embed.num_patches == 64
     assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 

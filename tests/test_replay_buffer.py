@@ -45,7 +45,7 @@ def stored_ids(buffer: ReplayBuffer) -> list[int]:
     seed=st.integers(0, 2**31 - 1),
 )
 def test_batched_reservoir_equals_one_example_at_a_time(capacity, n, batch_sizes, seed):
-    sizes = (batch_sizes * (n // max(1, sum(batch_sizes)) + 1))
+    sizes = batch_sizes * (n // max(1, sum(batch_sizes)) + 1)
     batched = feed(ReplayBuffer(capacity, seed=seed), n, sizes)
     single = feed(ReplayBuffer(capacity, seed=seed), n, [1] * n)
     assert batched.seen == single.seen == n
@@ -162,4 +162,6 @@ def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match="method.buffer_policy.*reservoir, class_balanced"):
         ReplayBuffer(10, policy="fifo")
     with pytest.raises(ValueError, match="uint8"):
-        ReplayBuffer(10).add(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        ReplayBuffer(10).add(
+            torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+        )

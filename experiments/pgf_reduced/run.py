@@ -105,7 +105,12 @@ def main() -> None:
         accs = [100 * r["test_acc"] for r in rows]
         mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
         flops = statistics.mean(r["train_flops_rel"] for r in rows)
-        table[f"{arm}@{pattern or 'dense'}"] = {"acc_mean": mean, "acc_std": std, "train_flops_rel": flops, "accs": accs}
+        table[f"{arm}@{pattern or 'dense'}"] = {
+            "acc_mean": mean,
+            "acc_std": std,
+            "train_flops_rel": flops,
+            "accs": accs,
+        }
         print(f"{arm:14s} {pattern or 'dense':5s} {mean:10.2f} +- {std:4.2f} {flops:18.3f}")
     print(json.dumps({"epochs": args.epochs, "seeds": args.seeds, "table": table, "runs": results, "out": str(out)}))
 

@@ -79,7 +79,9 @@ def _precision_for(trainer_cfg: DictConfig) -> Any:
         return "32-true"
     if trainer_cfg.accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("hardware", "a GPU setting was chosen but no CUDA GPU is visible", "hardware=cpu or ddp_cpu")
+            raise ConfigError(
+                "hardware", "a GPU setting was chosen but no CUDA GPU is visible", "hardware=cpu or ddp_cpu"
+            )
         if str(precision).startswith("bf16") and not torch.cuda.is_bf16_supported():
             log.warning("this GPU has no bf16: using 16-mixed precision")
             return "16-mixed"
@@ -232,9 +234,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if _is_rank_zero():
             atomic_write_json(
                 run_dir / "summary.json",
-                {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir),
-                 "seed": cfg.get("seed"), "metrics": {}, "wall_time_s": time.time() - start, "n_params": None,
-                 "config": OmegaConf.to_container(cfg, resolve=False)},
+                {
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "run_dir": str(run_dir),
+                    "seed": cfg.get("seed"),
+                    "metrics": {},
+                    "wall_time_s": time.time() - start,
+                    "n_params": None,
+                    "config": OmegaConf.to_container(cfg, resolve=False),
+                },
             )
         raise
 

@@ -30,7 +30,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(array.astype(np.uint8).tobytes())
 
 
-def write_mnist_like(root: Path, folder: str = "MNIST", n_train: int = 200, n_test: int = 100, num_classes: int = 10, seed: int = 0) -> Path:
+def write_mnist_like(
+    root: Path, folder: str = "MNIST", n_train: int = 200, n_test: int = 100, num_classes: int = 10, seed: int = 0
+) -> Path:
     """torchvision's layout: ``root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``."""
     raw = Path(root) / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -56,9 +58,21 @@ def write_cifar(root: Path, num_classes: int = 10, n_train: int = 200, n_test: i
     else:
         base = root / "cifar-100-python"
         base.mkdir(parents=True, exist_ok=True)
-        _dump(base / "train", {"data": xt.reshape(n_train, -1), "fine_labels": yt.tolist(), "coarse_labels": (yt // 5).tolist()})
-        _dump(base / "test", {"data": xv.reshape(n_test, -1), "fine_labels": yv.tolist(), "coarse_labels": (yv // 5).tolist()})
-        _dump(base / "meta", {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]})
+        _dump(
+            base / "train",
+            {"data": xt.reshape(n_train, -1), "fine_labels": yt.tolist(), "coarse_labels": (yt // 5).tolist()},
+        )
+        _dump(
+            base / "test",
+            {"data": xv.reshape(n_test, -1), "fine_labels": yv.tolist(), "coarse_labels": (yv // 5).tolist()},
+        )
+        _dump(
+            base / "meta",
+            {
+                "fine_label_names": [f"class{i}" for i in range(100)],
+                "coarse_label_names": [f"super{i}" for i in range(20)],
+            },
+        )
     return root
 
 
@@ -67,7 +81,9 @@ def _dump(path: Path, obj) -> None:
         pickle.dump(obj, f)
 
 
-def write_tiny_imagenet(root: Path, num_classes: int = 200, per_class_train: int = 2, per_class_val: int = 1, seed: int = 0) -> Path:
+def write_tiny_imagenet(
+    root: Path, num_classes: int = 200, per_class_train: int = 2, per_class_val: int = 1, seed: int = 0
+) -> Path:
     """The official ``tiny-imagenet-200`` layout (PNG images instead of JPEG)."""
     from PIL import Image
 

@@ -37,6 +37,11 @@ def launch_dir() -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("sf.or", first_set), ("sf.if", only_if), ("sf.point_dir", sweep_point_dir), ("sf.cwd", launch_dir)):
+    for name, fn in (
+        ("sf.or", first_set),
+        ("sf.if", only_if),
+        ("sf.point_dir", sweep_point_dir),
+        ("sf.cwd", launch_dir),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -29,7 +29,8 @@ Byte accounting is exact: ``bytes_per_sample`` counts every stored field of one 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -111,7 +112,11 @@ class ReplayBuffer:
         }
 
     def _fields(self) -> dict[str, torch.Tensor]:
-        return {k: t for k, t in (("x", self.x), ("y", self.y), ("task", self.task), ("logits", self.logits)) if t is not None}
+        return {
+            k: t
+            for k, t in (("x", self.x), ("y", self.y), ("task", self.task), ("logits", self.logits))
+            if t is not None
+        }
 
     # -- insertion --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,7 +186,11 @@ class ReplayBuffer:
             rest = items[n_fill:]
             if len(rest):
                 position = int(self.seen_per_class[c]) + n_fill + torch.arange(len(rest), dtype=torch.float64)
-                draw = (torch.rand(len(rest), generator=self.generator, dtype=torch.float64) * (position + 1)).floor().long()
+                draw = (
+                    (torch.rand(len(rest), generator=self.generator, dtype=torch.float64) * (position + 1))
+                    .floor()
+                    .long()
+                )
                 hit = draw < len(stored)
                 slots[rest[hit]] = stored[draw[hit]]
             self.seen_per_class[c] += len(items)
@@ -283,4 +292,3 @@ class ReplayBuffer:
         self.seen_per_class = state["seen_per_class"].clone()
         for name in ("x", "y", "task", "logits"):
             setattr(self, name, state[name].clone() if state.get(name) is not None else None)
-

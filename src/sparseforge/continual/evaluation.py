@@ -6,7 +6,7 @@ summed, so the result is exact (no padding duplicates as with DistributedSampler
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist

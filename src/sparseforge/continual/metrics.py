@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -55,8 +55,6 @@ def backward_transfer(R: Matrix) -> float | None:
 def forward_transfer(R: Matrix, baseline: Sequence[float | None]) -> float | None:
     last, _ = _final_row(R)
     values = [
-        R[j - 1][j] - baseline[j]
-        for j in range(1, last + 1)
-        if R[j - 1][j] is not None and baseline[j] is not None
+        R[j - 1][j] - baseline[j] for j in range(1, last + 1) if R[j - 1][j] is not None and baseline[j] is not None
     ]
     return sum(values) / len(values) if values else None

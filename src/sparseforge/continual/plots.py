@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def save_accuracy_heatmap(R: Sequence[Sequence[float | None]], path: str | Path, title: str = "") -> Path:
@@ -22,8 +22,15 @@ def save_accuracy_heatmap(R: Sequence[Sequence[float | None]], path: str | Path,
         for t in range(rows):
             for j in range(cols):
                 if not np.isnan(values[t, j]):
-                    ax.text(j, t, f"{values[t, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if values[t, j] < 60 else "black")
+                    ax.text(
+                        j,
+                        t,
+                        f"{values[t, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if values[t, j] < 60 else "black",
+                    )
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task t")
     ax.set_xticks(range(cols))

@@ -8,8 +8,8 @@ one code path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -190,7 +190,9 @@ class Blurry(Scenario):
         k = self.class_per_episode
         if k > num_classes:
             raise ConfigError(
-                "scenario.class_per_episode", f"{k} is more than the dataset's {num_classes} classes", f"1..{num_classes}"
+                "scenario.class_per_episode",
+                f"{k} is more than the dataset's {num_classes} classes",
+                f"1..{num_classes}",
             )
 
         def pick(pool: list[int]) -> int:

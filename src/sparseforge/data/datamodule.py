@@ -96,9 +96,7 @@ class ContinualDataModule(pl.LightningDataModule):
             return
         self.train_data = self.dataset.load(train=True)
         self.test_data = self.dataset.load(train=False)
-        self.tasks = self.scenario.build(
-            self.train_data.y, self.test_data.y, self.dataset.num_classes, self.seed
-        )
+        self.tasks = self.scenario.build(self.train_data.y, self.test_data.y, self.dataset.num_classes, self.seed)
         # The task of a training example is the first task that trains on it.
         self._task_of_example = torch.full((len(self.train_data),), -1, dtype=torch.long)
         for task in reversed(self.tasks):

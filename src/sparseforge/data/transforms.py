@@ -37,8 +37,8 @@ class BatchTransform(nn.Module):
             # One random offset per image, applied with a gather over an index grid.
             dy = torch.randint(0, 2 * p + 1, (n,), device=x.device)
             dx = torch.randint(0, 2 * p + 1, (n,), device=x.device)
-            rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h))  # n x h
-            cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w))  # n x w
+            rows = dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)  # n x h
+            cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)  # n x w
             batch = torch.arange(n, device=x.device).view(n, 1, 1)
             x = padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
         if self.hflip:

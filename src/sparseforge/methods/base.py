@@ -17,8 +17,9 @@ Everything else (optimizers from config, logging, the task loop, sparsity) is sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch

@@ -10,7 +10,9 @@ from sparseforge.models.registry import register_model
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (100, 100), dropout: float = 0.0):
+    def __init__(
+        self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (100, 100), dropout: float = 0.0
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -27,5 +29,7 @@ class MLP(nn.Module):
 
 
 @register_model("mlp")
-def mlp(num_classes: int, in_chans: int, image_size: int, hidden_sizes: Sequence[int] = (100, 100), dropout: float = 0.0):
+def mlp(
+    num_classes: int, in_chans: int, image_size: int, hidden_sizes: Sequence[int] = (100, 100), dropout: float = 0.0
+):
     return MLP(in_chans * image_size * image_size, num_classes, tuple(hidden_sizes), dropout)

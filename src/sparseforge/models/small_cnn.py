@@ -10,7 +10,9 @@ from sparseforge.models.registry import register_model
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, in_chans: int, num_classes: int, channels: Sequence[int] = (32, 64, 128), batch_norm: bool = True):
+    def __init__(
+        self, in_chans: int, num_classes: int, channels: Sequence[int] = (32, 64, 128), batch_norm: bool = True
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_chans
@@ -29,5 +31,7 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(num_classes: int, in_chans: int, image_size: int, channels: Sequence[int] = (32, 64, 128), batch_norm: bool = True):
+def small_cnn(
+    num_classes: int, in_chans: int, image_size: int, channels: Sequence[int] = (32, 64, 128), batch_norm: bool = True
+):
     return SmallCNN(in_chans, num_classes, tuple(channels), batch_norm)

@@ -62,7 +62,10 @@ class SparsityOptions:
 
     def __post_init__(self) -> None:
         if self.tdm is not None:  # plain values (a Hydra node would not load from a weights-only checkpoint)
-            self.tdm = {str(k): list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in self.tdm.items()}
+            self.tdm = {
+                str(k): list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+                for k, v in self.tdm.items()
+            }
         self.validate()
 
     @property

@@ -8,7 +8,7 @@ Biases and normalisation parameters always stay dense. Layers are listed in regi
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -55,7 +55,9 @@ def select_layers(
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
                 raise ConfigError(
-                    f"{config_prefix}.include", f"pattern {pattern!r} matches no Conv/Linear module", f"names such as {shown}"
+                    f"{config_prefix}.include",
+                    f"pattern {pattern!r} matches no Conv/Linear module",
+                    f"names such as {shown}",
                 )
         chosen = [n for n in chosen if _matches(n, include)]
     if exclude:

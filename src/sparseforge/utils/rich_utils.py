@@ -11,7 +11,20 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-ORDER = ("dataset", "model", "scenario", "method", "sparsity", "optimizer", "lr_scheduler", "data", "trainer", "logger", "callbacks", "paths")
+ORDER = (
+    "dataset",
+    "model",
+    "scenario",
+    "method",
+    "sparsity",
+    "optimizer",
+    "lr_scheduler",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+)
 
 
 def print_config_tree(cfg: DictConfig, fields: Sequence[str] = ORDER) -> None:
