@@ -25,15 +25,6 @@ RELEASE_TDM = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def two_layer_net() -> nn.Module:
     torch.manual_seed(0)
     # 400 and 800 weights: at density 0.25 exactly 100 and 200, 1% = 4 and 8 weights

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sparseforge.train import train
 from tests.helpers.config import compose_config
@@ -22,15 +21,6 @@ N_LAYER = 784 * 16  # 12544 weights in the sparse layer
 BASE = N_LAYER // 4  # density 0.25: 3136
 GROWN = round(0.01 * N_LAYER)  # +1% at each task's start: 125
 KEPT_GRAD = round(0.2 * N_LAYER)  # DGM, gradient_sparsity 0.8 of the layer: 2509
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def overrides(data_dir, base: str, replay_first_task: bool) -> list[str]:

@@ -24,15 +24,6 @@ BASE = {"features.1": 12544, "features.3": 1024}  # density 0.25 of each
 GROWN = {"features.1": 502, "features.3": 41}  # round(1% of each layer)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sparcl_overrides(data_dir, *extra: str) -> list[str]:
     return [
         "dataset=mnist",

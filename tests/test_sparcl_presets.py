@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sparseforge.sparsity.targets import select_layers
 from sparseforge.train import build, train
@@ -20,14 +19,6 @@ PRESETS = {  # preset -> (tasks, classes per task, epochs per task, writer of ti
     "sparcl_cifar100": (10, 10, 50, lambda d: write_cifar(d, 100, n_train=600), ["dataset.verify_checksums=false"]),
     "sparcl_tinyimagenet": (10, 20, 100, lambda d: write_tiny_imagenet(d, per_class_train=3), []),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

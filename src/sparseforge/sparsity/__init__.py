@@ -8,7 +8,8 @@
 - ``schedule``: when updates happen and how much they move;
 - ``gradient_masking``: SparCL's dynamic gradient masking (a gradient policy for the sparsifier);
 - ``flops``: dense FLOPs from FlopCounterMode and the training-FLOPs accountant;
-- ``sparsifier``: ``Sparsifier``, the controller a training loop drives.
+- ``sparsifier``: ``Sparsifier``, the controller a training loop drives;
+- ``nm``: N:M structured sparsity (SR-STE, PGF's mask- and structure-decay schedules, export).
 """
 
 from sparseforge.sparsity.distributions import layer_densities, layer_nnz, smallest_workable_density, solve_densities
