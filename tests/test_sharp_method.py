@@ -90,6 +90,7 @@ def _assert_same_state(a, b):
         assert torch.equal(sa["ranks"][name], sb["ranks"][name]), name
         assert torch.equal(sa["masks"]["masks"][name], sb["masks"]["masks"][name]), name
     assert sa["position"] == sb["position"] and sa["replayed"] == sb["replayed"]
+    assert a["method_state"]["flops"] == b["method_state"]["flops"]  # the same examples, charged once
     assert sa["stm"]["labels"] == sb["stm"]["labels"] and sa["stm"]["ranges"] == sb["stm"]["ranges"]
     assert all(torch.equal(x, y) for x, y in zip(sa["stm"]["codes"], sb["stm"]["codes"], strict=True))
     assert sa["ltm"]["labels"] == sb["ltm"]["labels"]
@@ -171,6 +172,8 @@ def test_recent_classes_only_are_replayed_and_memory_is_counted_in_bytes(
     assert all(v["nonzero"] == v["target_nonzero"] for v in layers.values()) and summary["sharp"]["shortfall"] == {}
     assert summary["sharp"]["phases"] == 5 and summary["sharp"]["regrown_connections"]["idle"] > 0
     assert summary["sharp"]["predict_with"] == predict_with and summary["cl"]["completed_tasks"] == 5
+    flops = summary["flops"]  # sparse layers (first conv dense) and a dense head: well below dense
+    assert 0.3 < flops["train_relative_to_dense"] < 0.6 and 0.3 < flops["inference_relative_to_dense"] < 0.6
 
 
 def test_a_non_sharp_model_is_one_config_error(tmp_path, mnist):

@@ -111,3 +111,53 @@ def test_dense_sparsifier_counts_flops_at_relative_one():
     assert sp.masks is None and sp.global_density() == 1.0
     assert sp.flops.train_relative_to_dense == 1.0 and sp.inference_relative_to_dense() == 1.0
     assert sp.flops.train_total == 3 * 32 * 3 * sum(HAND_FLOPS.values())
+
+
+def test_layer_meter_charges_each_layer_for_the_examples_that_pass_through_it():
+    """SHARP's step: stream images through the whole net, replayed cut-off activations through the
+    upper layers only, a head on detached features; every count written out by hand."""
+    from sparseforge.models.sharp import sharp_mnistlike
+    from sparseforge.sparsity.flops import LayerFlopsMeter
+
+    torch.manual_seed(0)
+    net = sharp_mnistlike(num_classes=10)
+    layers = {layer.name: layer.module for layer in net.weight_layers()} | {"head": net.head}
+    meter = LayerFlopsMeter(layers)
+    meter.densities = {"conv_early.1": 0.5, "hidden.0": 0.25, "penultimate": 0.4}
+    f = {  # dense forward FLOPs per example: 2 x MACs
+        "conv_early.0": 2 * (1 * 9) * 16 * 28 * 28,
+        "conv_early.1": 2 * (16 * 9) * 16 * 14 * 14,
+        "hidden.0": 2 * 784 * 500,
+        "penultimate": 2 * 500 * 500,
+        "head": 2 * 500 * 10,
+    }
+    d = {name: meter.densities.get(name, 1.0) for name in f}
+    stream, replayed = 6, 4
+    net.train()
+    z = torch.cat(
+        [net.represent(torch.randn(stream, 1, 28, 28)), net.represent_from_cutoff(torch.rand(replayed, 16, 7, 7))]
+    )
+    (z.sum() + net.head(z.detach()).sum()).backward()
+    # passes: forward, weight gradient, input gradient only where the input needs one
+    passes = {
+        "conv_early.0": stream * 2,  # the images need no gradient
+        "conv_early.1": stream * 3,
+        "hidden.0": stream * 3 + replayed * 2,  # replayed activations enter here, without gradient
+        "penultimate": (stream + replayed) * 3,
+        "head": (stream + replayed) * 2,  # detached features
+    }
+    assert meter.f_layer == pytest.approx(f)
+    assert meter.train_total == pytest.approx(sum(passes[n] * f[n] * d[n] for n in f))
+    assert meter.dense_total == pytest.approx(sum(passes[n] * f[n] for n in f))
+    with torch.no_grad():  # a forward-only pass in training mode: one pass per layer
+        net.represent(torch.randn(3, 1, 28, 28))
+    net.eval()  # evaluation is not training compute
+    net(torch.randn(5, 1, 28, 28))
+    body = [n for n in f if n != "head"]
+    assert meter.dense_total == pytest.approx(sum(passes[n] * f[n] for n in f) + 3 * sum(f[n] for n in body))
+    assert meter.inference_relative_to_dense(body) == pytest.approx(
+        sum(f[n] * d[n] for n in body) / sum(f[n] for n in body)
+    )
+    restored = LayerFlopsMeter({})
+    restored.load_state_dict(meter.state_dict())
+    assert restored.train_relative_to_dense == meter.train_relative_to_dense

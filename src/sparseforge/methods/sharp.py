@@ -31,6 +31,7 @@ from sparseforge.continual.sharp.learner import REPLAY_LAYERS, SharpLearner, fir
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
 from sparseforge.models.sharp import SharpNet
+from sparseforge.sparsity.flops import LayerFlopsMeter
 
 log = logging.getLogger("sparseforge")
 
@@ -126,6 +127,9 @@ class Sharp(ContinualMethod):
             seed=seed,
         )
         self.memory_record = {"bytes": 0, "samples": 0, "transient_bytes": 0, "ltm_bytes": 0}
+        # Replayed activations enter above the cut-off, so FLOPs are counted per layer, for the
+        # examples that really pass through it (the head trains on detached features).
+        self.flops = LayerFlopsMeter({layer.name: layer.module for layer in self.learner.layers} | {"head": model.head})
 
     # -- set-up checks --------------------------------------------------------------------------------
     def check_setup(self, datamodule) -> None:
@@ -174,6 +178,7 @@ class Sharp(ContinualMethod):
         return dm.task_of_epoch(epoch), phase, starts
 
     def on_train_epoch_start(self) -> None:
+        self.flops.densities = self.learner.densities()  # masks change only at a phase start
         task_id, phase, starts = self.phase_of_epoch(self.current_epoch)
         done = self.learner.position
         if not starts or (done["episode"], done["phase"]) == (task_id, phase):
@@ -184,6 +189,7 @@ class Sharp(ContinualMethod):
         entry = self.learner.start_phase(task_id, phase, inputs)
         self._sync_ranks()
         self.trainer.strategy.setup_optimizers(self.trainer)
+        self.flops.densities = self.learner.densities()
         self.log("sharp/activation_percent", entry["percent"], rank_zero_only=True)
         for layer, counts in self.learner.unit_counts().items():
             for kind, n in counts.items():
@@ -254,12 +260,18 @@ class Sharp(ContinualMethod):
 
     # -- state ----------------------------------------------------------------------------------------
     def method_state(self) -> dict[str, Any]:
-        return {"sharp": self.learner.state_dict(), "memory_record": dict(self.memory_record)}
+        return {
+            "sharp": self.learner.state_dict(),
+            "memory_record": dict(self.memory_record),
+            "flops": self.flops.state_dict(),
+        }
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         if "sharp" in state:
             self.learner.load_state_dict(state["sharp"])
             self.memory_record = dict(state["memory_record"])
+            if "flops" in state:  # checkpoints from before FLOPs were counted
+                self.flops.load_state_dict(state["flops"])
 
     def summary_section(self, trainer) -> dict[str, Any]:
         dm = trainer.datamodule
@@ -302,9 +314,21 @@ class Sharp(ContinualMethod):
             for counts in entry["layers"].values():
                 grown["training"] += counts["grown_into_training"]
                 grown["idle"] += counts["grown"] - counts["grown_into_training"]
+        world = trainer.world_size  # every rank counts its own share of the examples
+        flops = {
+            "convention": "per layer, for the examples that pass through it (see LayerFlopsMeter)",
+            "train_total": self.flops.train_total * world,
+            "train_dense_total": self.flops.dense_total * world,
+            "train_relative_to_dense": self.flops.train_relative_to_dense,
+            # the representation the kNN classifier reads (the head is not used by kNN)
+            "inference_relative_to_dense": self.flops.inference_relative_to_dense(
+                [layer.name for layer in learner.layers]
+            ),
+        }
         return {
             "replay": replay,
             "sparsity": sparsity,
+            "flops": flops,
             "sharp": {
                 "predict_with": self.predict_with,
                 "units": learner.unit_counts(),

@@ -180,3 +180,81 @@ class FlopsAccountant:
         self.samples_trained = int(state.get("samples_trained", 0))
         self.samples_forward_only = int(state.get("samples_forward_only", 0))
         self.samples_reference_only = int(state.get("samples_reference_only", 0))
+
+
+class LayerFlopsMeter:
+    """Training FLOPs counted where they are spent: at each weight layer, for the examples that
+    really pass through it.
+
+    ``FlopsAccountant`` charges whole-model forwards. A method whose forwards start or stop inside
+    the model (SHARP replays stored hidden activations into the layers above the cut-off only)
+    needs this finer count. Per example and layer l, with f_l its dense forward FLOPs for one
+    example (FlopCounterMode on the layer and its real input shape) and d_l its density:
+
+    - forward: f_l · d_l;
+    - with autograd recording (training): + f_l · d_l for the weight gradient, and + f_l · d_l for
+      the input gradient only when the input requires one (not for the first layer, nor for a
+      head fed detached features).
+
+    Forwards in eval mode (evaluation, kNN prediction) are not training FLOPs and are not counted.
+    The dense reference charges the same examples with d_l = 1. ``densities`` is the caller's to
+    keep current (a dict name -> density; missing layers count as dense).
+    """
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.densities: dict[str, float] = {}
+        self.f_layer: dict[str, float] = {}
+        self.train_total = 0.0
+        self.dense_total = 0.0
+        self._measuring = False
+        self._hooks = [m.register_forward_hook(self._hook_for(name)) for name, m in layers.items()]
+
+    def _hook_for(self, name: str):
+        def hook(module: nn.Module, args, output) -> None:
+            if self._measuring or not module.training:
+                return
+            x = _first_tensor(args)
+            if x is None or x.dim() == 0:
+                return
+            f = self.f_layer.get(name)
+            if f is None:
+                f = self.f_layer[name] = self._measure(module, x)
+            passes = 1
+            if torch.is_grad_enabled():
+                passes += int(any(p.requires_grad for p in module.parameters())) + int(x.requires_grad)
+            n = x.shape[0] * passes
+            self.train_total += n * f * self.densities.get(name, 1.0)
+            self.dense_total += n * f
+
+        return hook
+
+    def _measure(self, module: nn.Module, x: torch.Tensor) -> float:
+        self._measuring = True
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(x[:1].detach())
+        finally:
+            self._measuring = False
+        return float(counter.get_total_flops())
+
+    @property
+    def train_relative_to_dense(self) -> float | None:
+        return self.train_total / self.dense_total if self.dense_total else None
+
+    def inference_relative_to_dense(self, names=None) -> float | None:
+        """One forward through ``names`` (default: every layer measured so far) vs dense."""
+        names = list(self.f_layer if names is None else names)
+        dense = sum(self.f_layer.get(n, 0.0) for n in names)
+        sparse = sum(self.f_layer.get(n, 0.0) * self.densities.get(n, 1.0) for n in names)
+        return sparse / dense if dense else None
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_total": self.train_total, "dense_total": self.dense_total}
+
+    def load_state_dict(self, state) -> None:
+        self.train_total = float(state["train_total"])
+        self.dense_total = float(state["dense_total"])
