@@ -102,11 +102,20 @@ def run(arm: str, seed: int, args, out: Path) -> dict:
         "replay_bytes": replay.get("bytes", 0),
         "replay_samples": replay.get("samples", 0),
         "ltm_bytes": replay.get("ltm_bytes", 0),
+        # training FLOPs relative to the same examples through the dense network (the dense arms: 1)
+        "train_flops_rel": summary.get("flops", {}).get("train_relative_to_dense"),
+        "train_flops": summary.get("flops", {}).get("train_total"),
         "wall_s": time.time() - start,
     }
     if arm.startswith("sharp"):  # the budgets the ER arms were given must be what SHARP used
         assert (row["replay_bytes"], row["ltm_bytes"]) == (STM_BYTES, LTM_BYTES), (arm, replay)
     return row
+
+
+def _mean_or_none(values: list) -> float | None:
+    """The mean, or None when no run reported the value (summaries from before FLOPs were counted)."""
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if present else None
 
 
 def fmt(values: list[float], scale: float = 100.0) -> str:
@@ -148,7 +157,10 @@ def main() -> None:
             )
     epochs = args.phases * args.phase_epochs
     print(f"\nSplit MNIST class-IL, {epochs} epochs/task, seeds {args.seeds}, {time.time() - started:.0f} s in all")
-    header = f"{'arm':11s} {'avg acc (%)':>15s} {'forgetting (%)':>15s} {'replay B':>9s} {'samples':>7s} {'+LTM B':>8s}"
+    header = (
+        f"{'arm':11s} {'avg acc (%)':>15s} {'forgetting (%)':>15s} {'replay B':>9s} {'samples':>7s} {'+LTM B':>8s}"
+        f" {'train GFLOPs':>12s} {'vs dense':>8s}"
+    )
     print(header)
     table = {}
     for arm in args.arms:
@@ -162,9 +174,16 @@ def main() -> None:
             "replay_bytes": rows[0]["replay_bytes"],
             "replay_samples": rows[0]["replay_samples"],
             "ltm_bytes": rows[0]["ltm_bytes"],
+            "train_flops_mean": _mean_or_none([r["train_flops"] for r in rows]),
+            "train_flops_rel_mean": _mean_or_none([r["train_flops_rel"] for r in rows]),
         }
         t = table[arm]
-        print(f"{arm:11s} {fmt(acc)} {fmt(forget)} {t['replay_bytes']:9d} {t['replay_samples']:7d} {t['ltm_bytes']:8d}")
+        gflops = f"{t['train_flops_mean'] / 1e9:12.1f}" if t["train_flops_mean"] else f"{'-':>12s}"
+        rel = f"{t['train_flops_rel_mean']:8.3f}" if t["train_flops_rel_mean"] else f"{'-':>8s}"
+        print(
+            f"{arm:11s} {fmt(acc)} {fmt(forget)} {t['replay_bytes']:9d} {t['replay_samples']:7d} {t['ltm_bytes']:8d}"
+            f" {gflops} {rel}"
+        )
     print(
         json.dumps({"epochs_per_task": epochs, "seeds": args.seeds, "table": table, "runs": results, "out": str(out)})
     )
