@@ -106,11 +106,8 @@ class HandLoop:
 
 def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, progress_bar: bool) -> dict:
     import lightning.pytorch as pl
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
-    from sparseforge.config import config_dir
+    from sparseforge.config.compose import compose_run_config
     from sparseforge.train import apply_last, build
 
     source, data_dir, x, y = _data(os.environ.get("SPARSEFORGE_DATA_DIR"))
@@ -134,13 +131,7 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
         f"trainer.enable_progress_bar={str(progress_bar).lower()}",
         "print_config=false",
     ]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
+    cfg = compose_run_config(overrides, out)
     apply_last(cfg)
     run = build(cfg)
 

@@ -42,26 +42,6 @@ METHODS = {
 MODELS = {"mlp": ["model=mlp", "model.hidden_sizes=[100,100]"], "small_cnn": ["model=small_cnn", "~model.hidden_sizes"]}
 
 
-def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from sparseforge.config import config_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
-
-
 def common(batch_size: int) -> list[str]:
     return [
         "+experiment=split_mnist",
@@ -79,6 +59,7 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
     """Seconds between consecutive batch ends in task 1 of a 2-task fit."""
     import lightning.pytorch as pl
 
+    from sparseforge.config.compose import compose_run_config
     from sparseforge.train import apply_last, build
 
     ends: list[float] = []
@@ -96,7 +77,7 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
         f"trainer.limit_train_batches={steps}",
         "task_loop.eval_limit_batches=1",
     ]
-    cfg = compose(overrides, out / f"{model}_{variant}_{batch_size}_{time.time_ns()}")
+    cfg = compose_run_config(overrides, out / f"{model}_{variant}_{batch_size}_{time.time_ns()}")
     apply_last(cfg)
     run = build(cfg)
     run.trainer.callbacks.insert(0, Clock())
@@ -133,9 +114,10 @@ def buffer_bookkeeping(batch_size: int, repeats: int = 300) -> dict:
 
 
 def eval_share(variant: str, out: Path) -> dict:
+    from sparseforge.config.compose import compose_run_config
     from sparseforge.train import train
 
-    cfg = compose([*common(32), *METHODS[variant]], out / f"eval_share_{variant}")
+    cfg = compose_run_config([*common(32), *METHODS[variant]], out / f"eval_share_{variant}")
     train(cfg)
     cl = train.last_summary["cl"]
     return {"eval_seconds": cl["eval_seconds"], "fit_seconds": cl["fit_seconds"], "eval_share": cl["eval_share"]}
