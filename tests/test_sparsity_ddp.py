@@ -53,6 +53,9 @@ def worker(rank: int, world: int, port: int, rule: str, out_dir: str) -> None:
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
+    # Leave together: a rank tearing gloo down while the other is still in its last collective
+    # can abort the process ("terminate called without an active exception", seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 
