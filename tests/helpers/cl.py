@@ -63,3 +63,16 @@ def crash_at_epoch(epoch: int):
                 raise Crash(f"crash at the start of epoch {epoch}")
 
     return CrashAtEpoch()
+
+
+def crash_at_step(step: int):
+    """A callback that crashes the run as the batch after optimizer step ``step`` starts, i.e.
+    right after that step's checkpoint (``every_n_train_steps``), inside an epoch."""
+    import lightning.pytorch as pl
+
+    class CrashAtStep(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == step:
+                raise Crash(f"crash after step {step}")
+
+    return CrashAtStep()

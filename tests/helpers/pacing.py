@@ -16,3 +16,14 @@ class EpochPace(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         time.sleep(self.seconds)
+
+
+class StepPace(Callback):
+    """Sleeps after every training step (changes no computation): widens the time between two
+    step checkpoints, so that a test's SIGKILL reliably lands between them."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)

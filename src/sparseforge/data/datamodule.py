@@ -54,8 +54,9 @@ class EpochPermutation(torch.utils.data.Sampler[int]):
     A DataLoader's ``shuffle=True`` draws from a generator that every ``iter()`` advances, and
     Lightning iterates a loader once more when it resumes, so the resumed epoch would see a
     different order than the uninterrupted run. This sampler has no such state. Under DDP,
-    Lightning wraps it in ``DistributedSamplerWrapper`` (no extra shuffle), so each rank takes a
-    strided share of this same global order.
+    Lightning wraps every training sampler in a shuffling ``DistributedSamplerWrapper`` (seeded by
+    ``seed_everything``'s seed and ``set_epoch``), so each rank takes a strided share of a second
+    permutation of this order: still a function of (seed, epoch) only.
     """
 
     def __init__(self, n: int, seed: int):
@@ -66,6 +67,61 @@ class EpochPermutation(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that can resume a pass where a checkpoint left it.
+
+    Lightning saves ``state_dict()`` of a stateful training loader into every checkpoint and
+    hands it back to ``load_state_dict()`` on resume. The state is the number of batches this pass
+    has served; a resumed pass reads past that many batches without returning them. The order is
+    a function of (seed, epoch), so the batches after the skip are exactly those the interrupted
+    pass would have served next. Skipped batches are only indexed, never transferred or augmented,
+    so they draw nothing from the RNGs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._skip = 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self._served = 0
+        return _Counting(super().__iter__(), self, skip)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state["batches_served"])
+
+
+class _Counting:
+    """The loader's iterator, counting the batches it hands out (the resume point).
+
+    The skip happens at the first ``next()``, not at ``iter()``: under DDP Lightning calls
+    ``set_epoch`` on the distributed sampler between the two, and the sampler's order for the
+    epoch is only fixed when the first index is drawn.
+    """
+
+    def __init__(self, iterator, loader: ResumableLoader, skip: int):
+        self.iterator, self.loader, self.skip = iterator, loader, skip
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self.skip:
+            self.skip -= 1
+            next(self.iterator)
+            self.loader._served += 1
+        batch = next(self.iterator)
+        self.loader._served += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.iterator)
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -116,12 +172,12 @@ class ContinualDataModule(pl.LightningDataModule):
     def epoch_in_task(self, epoch: int) -> int:
         return epoch - self.task_of_epoch(epoch) * self.scenario.epochs_per_task
 
-    def train_loader_for(self, index: torch.Tensor, epoch: int) -> DataLoader:
+    def train_loader_for(self, index: torch.Tensor, epoch: int) -> ResumableLoader:
         # The order is a function of (seed, epoch) only, so a resumed run replays the same order.
         # The loader's own generator only seeds workers; giving it one keeps iter() from drawing
         # on the global torch RNG, which the augmentations use.
         order_seed = self.seed * 1_000_003 + epoch
-        return DataLoader(
+        return ResumableLoader(
             _IndexedImages(self.train_data, index, self._task_of_example),
             batch_size=self.batch_size,
             sampler=EpochPermutation(len(index), order_seed),
@@ -133,7 +189,7 @@ class ContinualDataModule(pl.LightningDataModule):
             persistent_workers=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         task = self.tasks[self.task_of_epoch(epoch)]
         method = self.trainer.lightning_module if self.trainer is not None else None

@@ -1,11 +1,15 @@
-"""Checkpoints only at whole epochs, so that every resume is exact."""
+"""Checkpoints at whole epochs and, optionally, every N steps inside one: every resume is exact."""
 
 from __future__ import annotations
 
 import math
+import time
+from datetime import timedelta
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sparseforge.errors import ConfigError
 
 
 def epoch_cut_short(trainer: pl.Trainer) -> bool:
@@ -15,14 +19,54 @@ def epoch_cut_short(trainer: pl.Trainer) -> bool:
     return math.isfinite(planned) and done < planned
 
 
-class EpochCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, minus the save at an epoch that was cut short.
+def resumed_mid_epoch(trainer: pl.Trainer) -> bool:
+    """True during a fit restored from a checkpoint written inside an epoch.
 
-    Lightning still calls on_train_epoch_end when max_steps or max_time stops a run mid-epoch,
-    and a checkpoint saved there marks the whole epoch as done: resuming from it silently skips
-    the epoch's remaining batches. Keeping the previous epoch's last.ckpt instead makes the
-    resumed run replay that epoch and end bit-identical to an uninterrupted one.
+    Lightning then skips ``on_train_epoch_start`` for the restored epoch (it already ran before
+    the checkpoint), so state that a hook builds at an epoch's start must come from the
+    checkpoint or be rebuilt in ``on_train_start``.
     """
+    return trainer.fit_loop.restarted_mid_epoch
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (whole epochs), plus saves inside an epoch, all exact on resume.
+
+    ``every_n_train_steps`` / ``train_time_interval`` add saves inside an epoch, to the same file
+    (Lightning makes them exclusive with ``every_n_epochs``; here they come on top). A resume from
+    such a save continues at the next batch: the training loader is stateful
+    (``ResumableLoader``), and model, optimizer, method state, masks and every RNG state are in
+    the checkpoint. Two saves are left out on purpose:
+
+    - at an epoch's last batch: Lightning would treat that checkpoint as a finished epoch whose
+      end-of-epoch hooks never ran (the task loop evaluates there), and the end-of-epoch save
+      follows a moment later anyway;
+    - at the end of an epoch that was cut short (max_steps, max_time, a stop request): Lightning
+      still calls on_train_epoch_end then, and a checkpoint saved there marks the whole epoch as
+      done, so a resume would silently skip its remaining batches. The previous checkpoint stays.
+    """
+
+    def __init__(self, *args, every_n_train_steps: int | None = None, train_time_interval=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if every_n_train_steps is not None and int(every_n_train_steps) < 1:
+            raise ConfigError("callbacks.model_checkpoint.every_n_train_steps", "must be >= 1 or null", ">= 1")
+        self.step_interval = int(every_n_train_steps) if every_n_train_steps else None
+        self.time_interval: timedelta | None = train_time_interval
+        self._last_step_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.sanity_checking:
+            return
+        due = self.step_interval is not None and trainer.global_step % self.step_interval == 0
+        if self.time_interval is not None:
+            elapsed = time.monotonic() - self._last_step_save >= self.time_interval.total_seconds()
+            due = due or bool(trainer.strategy.broadcast(elapsed))  # every rank must take part
+        if not due or trainer.global_step == self._last_global_step_saved or trainer.fast_dev_run:
+            return
+        metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        trainer.save_checkpoint(self.format_checkpoint_name(metrics), self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_step_save = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not epoch_cut_short(trainer):

@@ -10,7 +10,9 @@ Because ModelCheckpoint runs after this callback, the checkpoint written at a ta
 already holds the finished task. Everything a later epoch depends on is in the checkpoint (model,
 optimizer, method state such as the replay buffer, masks, this loop's matrix, every RNG state)
 and the data order is a function of (seed, epoch), so a run killed at any point and resumed from
-the last epoch boundary ends with the same accuracy matrix as an uninterrupted run.
+its last checkpoint (an epoch boundary, or a step inside an epoch with
+``callbacks.model_checkpoint.every_n_train_steps``) ends with the same accuracy matrix as an
+uninterrupted run.
 
 Logging: ``task`` is the W&B x-axis of every ``cl/*`` metric (``define_metric``); at the end R
 is logged as a W&B table and drawn as a heat map ``acc_matrix.png`` in the run directory.
@@ -26,6 +28,7 @@ import lightning.pytorch as pl
 
 from sparseforge.continual import metrics
 from sparseforge.continual.evaluation import evaluate_tasks
+from sparseforge.lightning.checkpoint import resumed_mid_epoch
 
 
 class ContinualLoop(pl.Callback):
@@ -95,6 +98,8 @@ class ContinualLoop(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
+        if resumed_mid_epoch(trainer):  # the epoch's start (begin_task included) ran before the save
+            self._active_task = trainer.datamodule.task_of_epoch(trainer.current_epoch)
         if self.forward_transfer and self.initial_acc is None and self.completed_tasks == 0:
             # FWT compares R[j-1][j] with the untrained model's accuracy on task j.
             self.initial_acc = self._evaluate(trainer, pl_module, trainer.datamodule.tasks)["class_il"]

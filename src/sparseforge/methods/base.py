@@ -12,6 +12,10 @@ Avalanche's before/after hooks):
 - ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
   (replay buffers, statistics). It is saved with every checkpoint and restored on resume.
 
+Per-step bookkeeping belongs in ``observe``/``training_step`` (or an optimizer-step hook), not in
+the module's ``on_train_batch_end``: Lightning calls that after the callbacks', and so after a
+checkpoint saved inside an epoch (``callbacks.model_checkpoint.every_n_train_steps``).
+
 Everything else (optimizers from config, logging, the task loop, sparsity) is shared.
 """
 

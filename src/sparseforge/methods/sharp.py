@@ -177,6 +177,10 @@ class Sharp(ContinualMethod):
         starts = k % self.phase_epochs == 0 and k // self.phase_epochs < self.max_phases
         return dm.task_of_epoch(epoch), phase, starts
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.flops.densities = self.learner.densities()  # also right for a resume inside an epoch
+
     def on_train_epoch_start(self) -> None:
         self.flops.densities = self.learner.densities()  # masks change only at a phase start
         task_id, phase, starts = self.phase_of_epoch(self.current_epoch)

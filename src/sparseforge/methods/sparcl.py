@@ -187,8 +187,14 @@ class SparCLMixin:
     def task_size_now(self, task) -> int:
         return len(self.data_removal.remaining(task.train_index))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self._charge_reference_only(batch_idx)
+        return loss
+
+    def _charge_reference_only(self, batch_idx: int) -> None:
+        # Here and not in on_train_batch_end: Lightning runs the module's on_train_batch_end after
+        # the callbacks', so after a checkpoint saved inside the epoch, which would then miss it.
         flops = self._sparsifier.flops if self._sparsifier is not None else None
         if flops is None or not self._step:
             return
@@ -238,6 +244,7 @@ class SparCLMixin:
             "gradient_masking": self.gradient_masking.state_dict() if self.gradient_masking is not None else None,
             "density_history": [dict(r) for r in self.density_history],
             "reference_only": dict(self.reference_only),
+            "epoch": dict(self._epoch),  # this epoch's FLOPs bookkeeping, for a resume inside it
         }
         return state
 
@@ -252,6 +259,7 @@ class SparCLMixin:
             self.gradient_masking.load_state_dict(saved["gradient_masking"])
         self.density_history = [dict(r) for r in saved["density_history"]]
         self.reference_only = dict(saved["reference_only"])
+        self._epoch = dict(saved.get("epoch", {}))
 
     def summary_section(self, trainer) -> dict[str, Any]:
         section = super().summary_section(trainer)
