@@ -3,6 +3,7 @@ the same accuracy matrix (and the same weights) as an uninterrupted run with the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,35 @@ def test_resume_from_inside_an_epoch_is_exact(tmp_path, data_dir, name):
     assert comparable(tmp_path / "part") == comparable(tmp_path / "full")
     wa, wb = weights(tmp_path / "full"), weights(tmp_path / "part")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        ["+callbacks.crash._target_=tests.helpers.cl.crash_at_step", "+callbacks.crash.step=32"],
+        ["+callbacks.crash._target_=tests.helpers.cl.crash_at_epoch", "+callbacks.crash.epoch=3"],
+    ],
+    ids=["inside_epoch_3", "at_epoch_3s_start"],
+)
+def test_training_accuracy_after_a_resume_is_that_of_the_uninterrupted_run(tmp_path, crash):
+    """train/acc of the epoch a resume lands in covers that whole epoch and nothing more."""
+    common = [*MID_EPOCH["derpp_rigl"][0](None), "callbacks.model_checkpoint.every_n_train_steps=2"]
+
+    def record(name):
+        log = tmp_path / f"{name}.jsonl"
+        return log, ["+callbacks.acc._target_=tests.helpers.cl.record_train_accuracy", f"+callbacks.acc.path={log}"]
+
+    full_log, full_rec = record("full")
+    part_log, part_rec = record("part")
+    with one_thread():
+        train(compose_config([*common, *full_rec], output_dir=tmp_path / "full"))
+        with pytest.raises(Crash):
+            train(compose_config([*common, *crash], output_dir=tmp_path / "part"))
+        train(compose_config([*common, *part_rec, "ckpt_path=auto"], output_dir=tmp_path / "part"))
+    full = dict(tuple(json.loads(line)) for line in full_log.read_text().splitlines())
+    part = dict(tuple(json.loads(line)) for line in part_log.read_text().splitlines())
+    assert min(part) == 3  # the first epoch the resumed run finishes (step 32 is inside epoch 3)
+    assert part == {epoch: acc for epoch, acc in full.items() if epoch >= 3}
 
 
 @pytest.mark.parametrize(

@@ -76,3 +76,24 @@ def crash_at_step(step: int):
                 raise Crash(f"crash after step {step}")
 
     return CrashAtStep()
+
+
+def record_train_accuracy(path: str):
+    """A callback that appends (epoch, train/acc) of every finished epoch to ``path`` (JSON lines)."""
+    import lightning.pytorch as pl
+
+    class RecordTrainAccuracy(pl.Callback):
+        def _record(self, trainer, epoch):
+            value = trainer.callback_metrics.get("train/acc")
+            if value is not None and epoch >= 0:
+                with open(path, "a") as f:
+                    f.write(json.dumps([epoch, float(value)]) + "\n")
+
+        def on_train_epoch_start(self, trainer, pl_module):  # the module logged the epoch before
+            if not trainer.fit_loop.restarted_mid_epoch:
+                self._record(trainer, trainer.current_epoch - 1)
+
+        def on_train_end(self, trainer, pl_module):
+            self._record(trainer, trainer.current_epoch - 1)
+
+    return RecordTrainAccuracy()

@@ -65,10 +65,13 @@ class ContinualMethod(pl.LightningModule):
         """Feed the epoch's training accuracy (``train/acc``, torchmetrics). Methods that
         override ``observe`` call it with the logits of the current-task batch."""
         if self.train_accuracy is None:
-            from torchmetrics.classification import MulticlassAccuracy
-
-            self.train_accuracy = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(logits.device)
+            self._create_train_accuracy(logits.shape[1], logits.device)
         self.train_accuracy.update(logits.detach(), y)
+
+    def _create_train_accuracy(self, num_classes: int, device) -> None:
+        from torchmetrics.classification import MulticlassAccuracy
+
+        self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
 
     def begin_task(self, task: Task) -> None:
         self.current_task = task.id
@@ -130,8 +133,23 @@ class ContinualMethod(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["method_state"] = {"current_task": self.current_task, **self.method_state()}
+        acc = self.train_accuracy
+        # Non-empty only inside an epoch: at its end, on_train_epoch_end logged and reset it before
+        # the checkpoint callback (a monitoring callback) ran.
+        if acc is not None and acc.update_count:
+            checkpoint["train_accuracy"] = {
+                "num_classes": acc.num_classes,
+                "update_count": acc.update_count,
+                **{name: getattr(acc, name).detach().cpu() for name in acc._defaults},
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = dict(checkpoint.get("method_state", {}))
         self.current_task = state.pop("current_task", 0)
         self.load_method_state(state)
+        if "train_accuracy" in checkpoint:  # a checkpoint from inside an epoch
+            saved = dict(checkpoint["train_accuracy"])
+            self._create_train_accuracy(int(saved.pop("num_classes")), self.device)
+            self.train_accuracy._update_count = int(saved.pop("update_count"))
+            for name, value in saved.items():
+                setattr(self.train_accuracy, name, value.to(self.device))
