@@ -27,23 +27,25 @@ def no_traceback(proc: subprocess.CompletedProcess) -> bool:
     return "Traceback" not in proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
-def test_default_run_offline_under_60s_with_table_and_run_dir(tmp_path):
-    """`python train.py` with no arguments, as on a fresh machine: no W&B key, no mode set."""
+TRAIN_PY = Path(__file__).parents[1] / "train.py"
+
+
+def run_on_a_fresh_machine(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run in ``tmp_path`` as on a fresh machine: an empty HOME and no W&B variables or key."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(home), SPARSEFORGE_ROOT=str(tmp_path))
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[1] / "train.py")],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return subprocess.run(
+        args, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.mark.slow
+def test_default_run_offline_under_60s_with_table_and_run_dir(tmp_path):
+    """`python train.py` with no arguments, as on a fresh machine: no W&B key, no mode set."""
+    start = time.perf_counter()
+    proc = run_on_a_fresh_machine([sys.executable, str(TRAIN_PY)], tmp_path)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert elapsed < 60, f"default run took {elapsed:.1f} s"
@@ -191,20 +193,8 @@ def test_wandb_unset_key_does_not_prompt(tmp_path):
     """Without a key, mode auto resolves to offline: no prompt even on an interactive stdin."""
     if shutil.which("script") is None:
         pytest.skip("needs util-linux `script` for a pseudo-terminal")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(home), SPARSEFORGE_ROOT=str(tmp_path))
-    cmd = f"{sys.executable} {Path(__file__).parents[1] / 'train.py'} debug=fdr logger=wandb print_config=false"
-    proc = subprocess.run(
-        ["script", "-qec", cmd, "/dev/null"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = f"{sys.executable} {TRAIN_PY} debug=fdr logger=wandb print_config=false"
+    proc = run_on_a_fresh_machine(["script", "-qec", cmd, "/dev/null"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Enter your choice" not in proc.stdout
     (summary_path,) = summaries(tmp_path)

@@ -19,6 +19,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from sparseforge.train import train
 from tests.helpers.cl import QUIET, Crash, one_thread
+from tests.helpers.config import compose_config
 from tests.test_cl_resume import assert_same_run
 
 SIGNAL_STEP = 13  # digits, batch 32: 9 steps per epoch, so step 13 is inside epoch 1
@@ -54,8 +55,6 @@ def slurm_job(tmp_path, monkeypatch) -> Path:
 
 
 def test_requeue_signal_checkpoints_after_the_interrupted_step_and_resumes_exactly(tmp_path, slurm_job):
-    from tests.helpers.config import compose_config
-
     common = [*QUIET, "method=er", "method.buffer_size=100", "scenario.epochs_per_task=2", "model.dropout=0.2"]
     with one_thread():
         train(compose_config(common, output_dir=tmp_path / "reference"))
