@@ -3,7 +3,9 @@
 It stores, per slot, the raw (non-augmented) uint8 input, the label, the task id and, for
 DER/DER++, the logits. Storage is allocated once, at full capacity, on the device of the first
 batch; every insertion and every draw is a handful of tensor operations over the batch, never a
-Python loop over the buffer (Avalanche's replay slowdowns came from per-sample dataset plumbing).
+Python loop over the buffer (Avalanche's replay slowdowns came from per-sample dataset plumbing;
+the one Python loop left, in ``_write``, runs over the batch's own slots). Both run on every
+training step, so they are kept to few ops (``experiments/cl_replay_overhead.py`` measures them).
 All random decisions come from the buffer's own ``torch.Generator``, so the buffer is
 reproducible on its own and its state (generator included) goes into checkpoints.
 
@@ -92,7 +94,9 @@ class ReplayBuffer:
 
     @property
     def is_empty(self) -> bool:
-        return not bool(self.valid.any())
+        # No policy ever empties a buffer that has seen an example (class-balanced shrinking only
+        # drops slots above a class's share), so a Python int answers without a tensor op.
+        return self.seen == 0
 
     @property
     def nbytes(self) -> int:
@@ -148,10 +152,15 @@ class ReplayBuffer:
                 setattr(self, name, t.to(device))
 
     def _reservoir_slots(self, n: int) -> torch.Tensor:
-        position = self.seen + torch.arange(n, dtype=torch.float64)
-        draw = (torch.rand(n, generator=self.generator, dtype=torch.float64) * (position + 1)).floor().long()
-        slots = torch.where(position < self.capacity, position.long(), draw)
-        return torch.where(slots < self.capacity, slots, torch.full_like(slots, -1))
+        # Every step pays for this, so it is a few ops: the draw is made for every example (the
+        # generator advances the same whether the buffer is filling or full), and truncation is
+        # the floor because the product is positive.
+        draw = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        draw = draw.mul_(torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)).long()
+        if self.seen < self.capacity:  # filling: the first examples take the next free slots
+            fill = min(n, self.capacity - self.seen)
+            draw[:fill] = torch.arange(self.seen, self.seen + fill)
+        return draw.masked_fill_(draw >= self.capacity, -1)
 
     def _class_balanced_slots(self, y: torch.Tensor) -> torch.Tensor:
         # The batch's classes in order of first appearance (that order assigns the extra slots).
@@ -222,23 +231,21 @@ class ReplayBuffer:
         self.slot_label[drop] = -1
 
     def _write(self, slots, raw, y, task, logits, y_cpu) -> None:
-        source = torch.nonzero(slots >= 0).flatten()
-        if not len(source):
-            return
-        target = slots[source]
         # When several examples of the batch drew one slot, the last of them wins, as it would
-        # one example at a time.
-        last = torch.full((self.capacity,), -1, dtype=torch.long).scatter_reduce_(0, target, source, reduce="amax")
-        keep = last[target] == source
-        source, target = source[keep], target[keep]
+        # one example at a time: a dict keeps the last value per key. The loop is over the batch
+        # on the CPU (slots are CPU bookkeeping), and costs a third of the tensor-op version.
+        last = {slot: i for i, slot in enumerate(slots.tolist()) if slot >= 0}
+        if not last:
+            return
+        source, target = torch.tensor(list(last.values())), torch.tensor(list(last.keys()))
         self.valid[target] = True
         self.slot_label[target] = y_cpu[source]
         device_source, device_target = source.to(raw.device), target.to(self.x.device)
-        self.x[device_target] = raw[device_source]
-        self.y[device_target] = y[device_source].to(LABEL_DTYPE)
-        self.task[device_target] = task[device_source].to(LABEL_DTYPE)
+        self.x.index_copy_(0, device_target, raw.index_select(0, device_source))
+        self.y.index_copy_(0, device_target, y.index_select(0, device_source).to(LABEL_DTYPE))
+        self.task.index_copy_(0, device_target, task.index_select(0, device_source).to(LABEL_DTYPE))
         if self.store_logits:
-            self.logits[device_target] = logits[device_source].detach().to(LOGIT_DTYPE)
+            self.logits.index_copy_(0, device_target, logits.detach().index_select(0, device_source).to(LOGIT_DTYPE))
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -249,18 +256,25 @@ class ReplayBuffer:
         on every rank (identical generators) and each rank takes its own share, so ranks replay
         different examples and the generators stay identical.
         """
-        occupied = torch.nonzero(self.valid).flatten()
-        if not len(occupied):
+        if self.is_empty:
             raise ValueError("sample() from an empty buffer")
-        take = min(n * world_size, len(occupied))
-        chosen = occupied[torch.randperm(len(occupied), generator=self.generator)[:take]]
-        chosen = chosen[rank::world_size]
+        if self.policy == "reservoir":  # reservoir slots fill in order and are never freed
+            stored = min(self.seen, self.capacity)
+            take = min(n * world_size, stored)
+            chosen = torch.randperm(stored, generator=self.generator)[:take]
+        else:
+            occupied = torch.nonzero(self.valid).flatten()
+            take = min(n * world_size, len(occupied))
+            chosen = occupied[torch.randperm(len(occupied), generator=self.generator)[:take]]
+        if world_size > 1:
+            chosen = chosen[rank::world_size]
         return self.get(chosen)
 
     def get(self, slots: torch.Tensor) -> Replayed:
         s = slots.to(self.x.device)
-        logits = self.logits[s] if self.logits is not None else None
-        return Replayed(self.x[s], self.y[s], self.task[s], logits, slots)
+        # index_select, not advanced indexing: a fifth of the cost on a CPU for a replay-sized draw
+        logits = self.logits.index_select(0, s) if self.logits is not None else None
+        return Replayed(self.x.index_select(0, s), self.y.index_select(0, s), self.task.index_select(0, s), logits, slots)
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
