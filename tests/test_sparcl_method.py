@@ -246,9 +246,32 @@ def test_checkpoint_resume_restores_every_piece_of_state_exactly(mnist_dir, tmp_
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
 
 
-def test_sparcl_on_er(mnist_dir, tmp_path):
+def test_sparcl_on_er(mnist_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from sparseforge.methods import er
+
+    ce_inputs: list[torch.Tensor] = []
+
+    def recording_cross_entropy(logits, y):
+        ce_inputs.append(logits.detach().clone())
+        return F.cross_entropy(logits, y)
+
+    monkeypatch.setattr(er, "F", SimpleNamespace(cross_entropy=recording_cross_entropy))
     summary = run_summary(sparcl_overrides(mnist_dir, "method.base=er"), tmp_path / "run")
     assert summary["status"] == "completed"
+    # ER's one cross-entropy: the current batch's rows restricted to its task's classes, the
+    # replayed rows (task 1 on; the release does not replay in task 0) over every class.
+    current_rows = []
+    for x in ce_inputs:
+        masked = torch.isneginf(x).any(dim=1)
+        n = int(masked.sum())
+        assert n > 0 and bool(masked[:n].all()) and bool(torch.isfinite(x[n:]).all())
+        current_rows.append(n)
+    assert set(current_rows) <= {20, 10}  # batch 20; DDR leaves 170 or 140 examples: a last batch of 10
+    assert sum(len(x) > n for x, n in zip(ce_inputs, current_rows, strict=True)) > 0  # replay happened
     assert summary["sparcl"]["base"] == "er" and summary["sparcl"]["ddr"]["removed_total"] == 120
     assert 0 < summary["flops"]["train_relative_to_dense"] < 1
 

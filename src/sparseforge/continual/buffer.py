@@ -274,7 +274,9 @@ class ReplayBuffer:
         s = slots.to(self.x.device)
         # index_select, not advanced indexing: a fifth of the cost on a CPU for a replay-sized draw
         logits = self.logits.index_select(0, s) if self.logits is not None else None
-        return Replayed(self.x.index_select(0, s), self.y.index_select(0, s), self.task.index_select(0, s), logits, slots)
+        return Replayed(
+            self.x.index_select(0, s), self.y.index_select(0, s), self.task.index_select(0, s), logits, slots
+        )
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

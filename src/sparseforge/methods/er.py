@@ -16,7 +16,10 @@ class ER(ReplayMethod):
         if replayed is not None:
             x, y = torch.cat([x, replayed.x]), torch.cat([y, replayed.y])
         logits = self(x)
-        n = len(batch.y)
-        self.track_accuracy(logits[:n], batch.y)
+        current = logits[: len(batch.y)]
+        self.track_accuracy(current, batch.y)
         self.remember(batch)
-        return F.cross_entropy(torch.cat([self.current_task_logits(logits[:n]), logits[n:]]), y)
+        masked = self.current_task_logits(current)
+        if masked is not current:  # SparCL masks the current batch's logits; replayed rows stay whole
+            logits = torch.cat([masked, logits[len(batch.y) :]])
+        return F.cross_entropy(logits, y)

@@ -59,8 +59,9 @@ class ReplayMethod(ContinualMethod):
         return ReplayBatch(self.datamodule.augment(drawn.raw), drawn.y, drawn.task, drawn.logits)
 
     def current_task_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The current batch's logits as its cross-entropy sees them. Identity here; SparCL masks
-        the classes of other tasks (``restrict_current_ce``). Stored logits stay unmasked."""
+        """The current batch's logits as its cross-entropy sees them. Identity here (the same
+        tensor, which tells ER it need not re-assemble its batch); SparCL masks the classes of other
+        tasks (``restrict_current_ce``). Stored logits stay unmasked."""
         return logits
 
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:
