@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,6 +21,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from sparseforge.train import train
+from tests.conftest import REPO
 from tests.helpers.cl import QUIET, Crash, one_thread
 from tests.helpers.config import compose_config
 from tests.test_cl_resume import assert_same_run
@@ -70,3 +74,78 @@ def test_requeue_signal_checkpoints_after_the_interrupted_step_and_resumes_exact
         assert all(torch.equal(last["state_dict"][k], hpc["state_dict"][k]) for k in last["state_dict"])
         train(compose_config([*common, "ckpt_path=auto"], output_dir=tmp_path / "run"))
     assert_same_run(tmp_path / "reference", tmp_path / "run")
+
+
+class SignalEachRankAtItsOwnStep(pl.Callback):
+    """USR1 reaches rank 1 as step 25 starts and rank 0 only two steps later, as a signal sent to
+    every task of a job step can; both ranks fail at step 29, as the SIGTERM after a requeue would."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == DDP_SIGNAL_STEP + 2 * (1 - trainer.global_rank):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if trainer.global_step == DDP_SIGNAL_STEP + 4:
+            raise Crash("killed after the requeue")
+
+
+DDP_SIGNAL_STEP = 25  # 2 ranks x batch 32: 11 steps per epoch, so step 25 is inside epoch 2 (task 1)
+
+
+def srun_two_ranks(args: list[str], run_dir: Path, scontrol_dir: Path) -> list[subprocess.CompletedProcess]:
+    """``train.py`` as ``srun --ntasks=2 --ntasks-per-node=2`` starts it: one process per rank,
+    told its rank by SLURM's variables (Lightning's SLURMEnvironment), not spawned by Lightning."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slurm = {"SLURM_JOB_ID": "4243", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0",
+             "SLURM_JOB_NAME": "sparseforge", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+             "PATH": f"{scontrol_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args, "hardware=ddp_cpu", f"hydra.run.dir={run_dir}"],
+            cwd=REPO,
+            env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:  # a deadlock between the ranks (as Lightning's own DDP requeue had here) fails, not hangs
+        outputs = [p.communicate(timeout=300) for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        for p, (out, err) in zip(ranks, outputs, strict=True)
+    ]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_requeue_signal_under_ddp_is_answered_by_every_rank_at_the_same_step(tmp_path):
+    scontrol_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
+    scontrol_dir.mkdir()
+    scontrol = scontrol_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    common = [*QUIET, "method=derpp", "method.buffer_size=300", "scenario.n_tasks=2", "scenario.epochs_per_task=2",
+              "model.dropout=0.2"]  # fmt: skip
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    for proc in srun_two_ranks(common, reference, scontrol_dir):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    signalled = [*common, "+callbacks.signal._target_=tests.test_requeue_signal.SignalEachRankAtItsOwnStep"]
+    for proc in srun_two_ranks(signalled, run, scontrol_dir):
+        assert proc.returncode != 0 and "killed after the requeue" in proc.stderr, proc.stderr[-3000:]
+    # Rank 0 requeued once, at the step where rank 1 got the signal; rank 0's own later signal
+    # changed nothing. Both checkpoints hold that step completed.
+    assert calls.read_text().split() == ["requeue", "4243"]
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    hpc = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)
+    assert last["global_step"] == hpc["global_step"] == DDP_SIGNAL_STEP + 1
+    assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"] is False
+    assert all(torch.equal(last["state_dict"][k], hpc["state_dict"][k]) for k in last["state_dict"])
+    for proc in srun_two_ranks([*common, "ckpt_path=auto"], run, scontrol_dir):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_run(reference, run)

@@ -47,10 +47,11 @@ class ResumeCheckpoint(ModelCheckpoint):
       still calls on_train_epoch_end then, and a checkpoint saved there marks the whole epoch as
       done, so a resume would silently skip its remaining batches. The previous checkpoint stays.
 
-    Under SLURM with Lightning's auto-requeue (single process), the requeue signal is answered at
-    the next of these safe points: the step it interrupted completes, ``last.ckpt`` is saved, and
-    then Lightning's handler writes its HPC checkpoint and requeues. The requeued job resumes
-    after that step, and loses nothing.
+    Under SLURM with Lightning's auto-requeue, the requeue signal is answered at the next of these
+    safe points: the step it interrupted completes, ``last.ckpt`` is saved, and then Lightning's
+    handler writes its HPC checkpoint and requeues. The requeued job resumes after that step, and
+    loses nothing. Under DDP the ranks agree on that step (a one-flag all-reduce per step, only
+    where Lightning requeues), since the signal reaches each rank at its own point of a step.
     """
 
     def __init__(self, *args, every_n_train_steps: int | None = None, train_time_interval=None, **kwargs):
@@ -60,18 +61,28 @@ class ResumeCheckpoint(ModelCheckpoint):
         self.step_interval = int(every_n_train_steps) if every_n_train_steps else None
         self.time_interval: timedelta | None = train_time_interval
         self._last_step_save = time.monotonic()
-        self._after_save: list[Callable[[], None]] = []  # filed by a signal, run at a safe point
-
-    def save_at_next_safe_point(self, then: Callable[[], None]) -> None:
-        """Checkpoint after the current step (or at the epoch's end if it is the last), then call
-        ``then``. Safe to call from a signal handler: it only files the request."""
-        self._after_save.append(then)
+        self._requeue: Callable[[], None] | None = None  # Lightning's SLURM requeue, deferred
+        self._requeue_requested = False  # set by the requeue signal, read at the next safe point
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         # SLURM's warning before the time limit (--signal=USR1@90): requeue from an exact
         # checkpoint of the current step instead of one written in the middle of a step.
-        defer_requeue_signal(trainer, self.save_at_next_safe_point)
+        self._requeue = defer_requeue_signal(trainer, self._request_requeue)
+
+    def _request_requeue(self) -> None:
+        self._requeue_requested = True  # runs inside a signal handler: set a flag, nothing else
+
+    def _requeue_due(self, trainer: pl.Trainer) -> bool:
+        if self._requeue is None:
+            return False
+        if trainer.world_size > 1:  # every rank must answer at the same step
+            return bool(trainer.strategy.reduce_boolean_decision(self._requeue_requested, all=False))
+        return self._requeue_requested
+
+    def _run_requeue(self) -> None:
+        requeue, self._requeue = self._requeue, None  # once: a later signal on another rank is moot
+        requeue()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.sanity_checking:
@@ -80,23 +91,22 @@ class ResumeCheckpoint(ModelCheckpoint):
         if self.time_interval is not None:
             elapsed = time.monotonic() - self._last_step_save >= self.time_interval.total_seconds()
             due = due or bool(trainer.strategy.broadcast(elapsed))  # every rank must take part
-        due = due or bool(self._after_save)
-        if due and trainer.global_step != self._last_global_step_saved and not trainer.fast_dev_run:
+        requeue = self._requeue_due(trainer)
+        if (due or requeue) and trainer.global_step != self._last_global_step_saved and not trainer.fast_dev_run:
             metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
             trainer.save_checkpoint(self.format_checkpoint_name(metrics), self.save_weights_only)
             self._last_global_step_saved = trainer.global_step
             self._last_step_save = time.monotonic()
-        self._run_after_save()
+        if requeue:
+            self._run_requeue()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not epoch_cut_short(trainer):
             super().on_train_epoch_end(trainer, pl_module)
-        self._run_after_save()
+        if self._requeue_due(trainer):
+            self._run_requeue()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        self._run_after_save()  # a request that came after the last step: nothing left to save
-
-    def _run_after_save(self) -> None:
-        while self._after_save:
-            self._after_save.pop(0)()
+        if self._requeue_due(trainer):  # a signal after the last step: nothing left to save
+            self._run_requeue()

@@ -28,24 +28,24 @@ def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1"
     return SLURMEnvironment(auto_requeue=bool(auto_requeue), requeue_signal=signum)
 
 
-def defer_requeue_signal(trainer, request: Callable[[Callable[[], None]], None]) -> bool:
-    """Route Lightning's SLURM requeue handler through ``request`` instead of running it at once.
+def defer_requeue_signal(trainer, request: Callable[[], None]) -> Callable[[], None] | None:
+    """Route Lightning's SLURM requeue signal to ``request`` and hand its handler to the caller.
 
     Lightning's handler saves an HPC checkpoint and runs ``scontrol requeue`` inside the signal
     handler, i.e. at whatever point of a training step the signal lands, so that checkpoint can
-    hold a half-done step. Here the signal only files a request; the caller runs the handler at
-    its next safe point (after a whole step), right after saving an exact ``last.ckpt`` there.
-    Only for a single process: under DDP every rank would have to reach the same safe point, so
-    Lightning's own handling stays. Returns whether the handler was rerouted.
+    hold a half-done step; under DDP each rank would enter the checkpoint's barrier at its own
+    point, possibly while the others wait in a gradient all-reduce. Here the signal only calls
+    ``request``; the caller runs the returned handler at its next safe point (after a whole step,
+    on every rank at the same step), right after saving an exact ``last.ckpt`` there. Returns
+    None where Lightning does not requeue (no SLURM, auto-requeue off, not the main thread).
     """
     # Where Lightning's signal connector itself looks (a single-device strategy has no environment).
     environment = trainer._accelerator_connector.cluster_environment
-    if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue or trainer.world_size > 1:
-        return False
+    if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        return None
     signum = environment.requeue_signal
     handler = signal.getsignal(signum)
     if not callable(handler) or threading.current_thread() is not threading.main_thread():
-        return False
-    # In the handler only a list append (atomic): no I/O, no collective, no state change.
-    signal.signal(signum, lambda sig, frame: request(lambda: handler(sig, frame)))
-    return True
+        return None
+    signal.signal(signum, lambda sig, frame: request())
+    return lambda: handler(signum, None)
