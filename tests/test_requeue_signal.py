@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -100,25 +101,32 @@ def srun_two_ranks(args: list[str], run_dir: Path, scontrol_dir: Path) -> list[s
              "SLURM_JOB_NAME": "sparseforge", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
              "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
              "PATH": f"{scontrol_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(4)]  # files, not pipes: a full pipe blocks a rank
     ranks = [
         subprocess.Popen(
             [sys.executable, str(REPO / "train.py"), *args, "hardware=ddp_cpu", f"hydra.run.dir={run_dir}"],
             cwd=REPO,
             env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=logs[2 * rank],
+            stderr=logs[2 * rank + 1],
             text=True,
         )
         for rank in (0, 1)
     ]
     try:  # a deadlock between the ranks (as Lightning's own DDP requeue had here) fails, not hangs
-        outputs = [p.communicate(timeout=300) for p in ranks]
+        for p in ranks:
+            p.wait(timeout=300)
     finally:
         for p in ranks:
             p.kill()
+    texts = []
+    for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+        log.close()
     return [
-        subprocess.CompletedProcess(p.args, p.returncode, out, err)
-        for p, (out, err) in zip(ranks, outputs, strict=True)
+        subprocess.CompletedProcess(p.args, p.returncode, texts[2 * rank], texts[2 * rank + 1])
+        for rank, p in enumerate(ranks)
     ]
 
 
