@@ -81,6 +81,38 @@ def test_class_balanced_gives_each_seen_class_an_equal_share():
     assert counts.tolist() == [10] * 10
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    capacity=st.integers(1, 40),
+    labels=st.lists(st.integers(0, 7), min_size=1, max_size=300),
+    batch_sizes=st.lists(st.integers(1, 48), min_size=1, max_size=20),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_class_balanced_holds_each_class_up_to_its_share_after_every_batch(capacity, labels, batch_sizes, seed):
+    """Any label stream, any batching: after every batch each seen class holds min(share, seen)
+    slots of its own examples, each at most once, and labels and bookkeeping agree."""
+    b = ReplayBuffer(capacity, policy="class_balanced", seed=seed)
+    y_all = torch.tensor(labels)
+    ids = torch.arange(len(labels))
+    x = (ids % 256).to(torch.uint8).view(-1, 1, 1, 1)
+    order: list[int] = []  # classes in order of first appearance
+    start, k = 0, 0
+    while start < len(labels):
+        sl = slice(start, start + batch_sizes[k % len(batch_sizes)])
+        b.add(x[sl], y_all[sl], ids[sl])
+        order += [c for c in dict.fromkeys(y_all[sl].tolist()) if c not in order]
+        start, k = sl.stop, k + 1
+        seen = torch.bincount(y_all[: sl.stop], minlength=8)
+        base, extra = divmod(capacity, len(order))
+        stored = b.task[b.valid]
+        assert len(set(stored.tolist())) == len(stored) and bool((stored < sl.stop).all())  # seen, once
+        assert torch.equal(y_all[stored], b.y[b.valid])  # each slot holds its example's label
+        assert torch.equal(b.slot_label[b.valid], b.y[b.valid]) and bool((b.slot_label[~b.valid] == -1).all())
+        held = torch.bincount(b.y[b.valid], minlength=8)
+        for rank, c in enumerate(order):
+            assert held[c] == min(base + (rank < extra), int(seen[c])), (c, held.tolist(), seen.tolist())
+
+
 def test_class_balanced_keeps_a_uniform_sample_of_each_class():
     # 2 classes of 40 examples each, then 2 more classes shrink each share from 5 to 2 or 3.
     trials, counts = 400, torch.zeros(160)

@@ -20,7 +20,8 @@ Policies:
   k`` for ``k`` seen classes; the first ``capacity % k`` classes in order of appearance get one
   more), and each class keeps a reservoir sample of its own stream within its share. When a new
   class shrinks the shares, each class over its share drops random slots, which keeps its
-  sample uniform. Insertion loops over the classes present in the batch, not over the buffer.
+  sample uniform. Insertion handles all the batch's classes in the same few ops (about 40,
+  whether a batch holds 2 classes or 10).
 
 Byte accounting is exact: ``bytes_per_sample`` counts every stored field of one slot, and
 ``nbytes`` is what the allocated storage occupies (``capacity * bytes_per_sample``).
@@ -163,6 +164,47 @@ class ReplayBuffer:
         return draw.masked_fill_(draw >= self.capacity, -1)
 
     def _class_balanced_slots(self, y: torch.Tensor) -> torch.Tensor:
+        n = len(y)
+        if not n:
+            return torch.empty(0, dtype=torch.long)
+        quota = self._admit_classes(y)
+        # Each example's rank among the batch's examples of its class (0, 1, ... in batch order).
+        by_label = torch.sort(y, stable=True)
+        rank = torch.empty(n, dtype=torch.long)
+        rank[by_label.indices] = torch.arange(n) - torch.searchsorted(by_label.values, by_label.values)
+        held = torch.bincount(self.slot_label[self.valid], minlength=len(quota))
+        # A class below its share fills free slots with its first examples of the batch (there
+        # are enough: every class is within its share, and the shares add up to the capacity).
+        fills = (quota - held).clamp_(min=0)
+        slots = torch.full((n,), -1, dtype=torch.long)
+        filler = rank < fills[y]
+        fillers = torch.nonzero(filler).flatten()
+        if len(fillers):
+            taken = torch.nonzero(~self.valid).flatten()[: len(fillers)]
+            slots[fillers] = taken
+            self.valid[taken] = True
+            self.slot_label[taken] = y[fillers]
+        # The others run a reservoir over their own class's stream: the example at position p of
+        # class c draws j in [0, p] and replaces the j-th slot of c if j is below c's slot count.
+        rest = torch.nonzero(~filler).flatten()
+        if len(rest):
+            c = y[rest]
+            position = (self.seen_per_class[c] + rank[rest]).double()
+            draw = torch.rand(len(rest), generator=self.generator, dtype=torch.float64).mul_(position + 1).long()
+            hit = draw < (held + torch.minimum(fills, torch.bincount(y, minlength=len(quota))))[c]
+            if bool(hit.any()):
+                occupied = torch.nonzero(self.valid).flatten()
+                grouped = torch.sort(self.slot_label[occupied], stable=True)  # by class, slots ascending
+                first = torch.searchsorted(grouped.values, c[hit])
+                slots[rest[hit]] = occupied[grouped.indices[first + draw[hit]]]
+        self.seen_per_class += torch.bincount(y, minlength=len(self.seen_per_class))
+        return slots
+
+    def _admit_classes(self, y: torch.Tensor) -> torch.Tensor:
+        """Register the batch's new classes and return every class's share of the slots. A new
+        class shrinks the shares, and the classes over theirs drop random slots first."""
+        if int(y.max()) < len(self.seen_per_class) and bool((self.seen_per_class[y] > 0).all()):
+            return self._quotas()  # no new class (the common case): two ops
         # The batch's classes in order of first appearance (that order assigns the extra slots).
         classes, inverse = torch.unique(y, return_inverse=True)
         first = torch.full((len(classes),), len(y), dtype=torch.long)
@@ -175,35 +217,8 @@ class ReplayBuffer:
             grown[: len(self.seen_per_class)] = self.seen_per_class
             self.seen_per_class = grown
         quota = self._quotas()
-        if len(new):  # shares only change when a class appears
-            self._shrink_to(quota)
-
-        slots = torch.full((len(y),), -1, dtype=torch.long)
-        for c in present.tolist():
-            items = torch.nonzero(y == c).flatten()
-            stored = torch.nonzero(self.valid & (self.slot_label == c)).flatten()
-            q = int(quota[c])
-            n_fill = max(0, min(len(items), q - len(stored)))
-            if n_fill:
-                free = torch.nonzero(~self.valid).flatten()
-                # Reserve the free slots now so the next class of this batch does not take them.
-                taken = free[:n_fill]
-                slots[items[:n_fill]] = taken
-                self.valid[taken] = True
-                self.slot_label[taken] = c
-                stored = torch.cat([stored, taken])
-            rest = items[n_fill:]
-            if len(rest):
-                position = int(self.seen_per_class[c]) + n_fill + torch.arange(len(rest), dtype=torch.float64)
-                draw = (
-                    (torch.rand(len(rest), generator=self.generator, dtype=torch.float64) * (position + 1))
-                    .floor()
-                    .long()
-                )
-                hit = draw < len(stored)
-                slots[rest[hit]] = stored[draw[hit]]
-            self.seen_per_class[c] += len(items)
-        return slots
+        self._shrink_to(quota)
+        return quota
 
     def _quotas(self) -> torch.Tensor:
         """Slots per class, indexed by label (0 for classes not seen yet)."""
