@@ -172,6 +172,7 @@ class ReplayBuffer:
         by_label = torch.sort(y, stable=True)
         rank = torch.empty(n, dtype=torch.long)
         rank[by_label.indices] = torch.arange(n) - torch.searchsorted(by_label.values, by_label.values)
+        in_batch = torch.bincount(y, minlength=len(quota))
         held = torch.bincount(self.slot_label[self.valid], minlength=len(quota))
         # A class below its share fills free slots with its first examples of the batch (there
         # are enough: every class is within its share, and the shares add up to the capacity).
@@ -191,20 +192,20 @@ class ReplayBuffer:
             c = y[rest]
             position = (self.seen_per_class[c] + rank[rest]).double()
             draw = torch.rand(len(rest), generator=self.generator, dtype=torch.float64).mul_(position + 1).long()
-            hit = draw < (held + torch.minimum(fills, torch.bincount(y, minlength=len(quota))))[c]
+            hit = draw < (held + torch.minimum(fills, in_batch))[c]
             if bool(hit.any()):
                 occupied = torch.nonzero(self.valid).flatten()
                 grouped = torch.sort(self.slot_label[occupied], stable=True)  # by class, slots ascending
                 first = torch.searchsorted(grouped.values, c[hit])
                 slots[rest[hit]] = occupied[grouped.indices[first + draw[hit]]]
-        self.seen_per_class += torch.bincount(y, minlength=len(self.seen_per_class))
+        self.seen_per_class += in_batch
         return slots
 
     def _admit_classes(self, y: torch.Tensor) -> torch.Tensor:
         """Register the batch's new classes and return every class's share of the slots. A new
         class shrinks the shares, and the classes over theirs drop random slots first."""
         if int(y.max()) < len(self.seen_per_class) and bool((self.seen_per_class[y] > 0).all()):
-            return self._quotas()  # no new class (the common case): two ops
+            return self._quotas()  # no new class, the common case: no unique, sort or shrink
         # The batch's classes in order of first appearance (that order assigns the extra slots).
         classes, inverse = torch.unique(y, return_inverse=True)
         first = torch.full((len(classes),), len(y), dtype=torch.long)
