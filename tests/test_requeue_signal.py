@@ -41,14 +41,20 @@ class SignalInsideAStep(pl.Callback):
             raise Crash("killed after the requeue")
 
 
-@pytest.fixture
-def slurm_job(tmp_path, monkeypatch) -> Path:
-    """SLURM job variables and an ``scontrol`` that appends its arguments to a file."""
+def recording_scontrol(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder holding an ``scontrol`` that appends its arguments to a file; both paths."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
     bin_dir.mkdir()
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, calls
+
+
+@pytest.fixture
+def slurm_job(tmp_path, monkeypatch) -> Path:
+    """SLURM job variables and an ``scontrol`` that appends its arguments to a file."""
+    bin_dir, calls = recording_scontrol(tmp_path)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
                         "SLURM_NODEID": "0", "SLURM_JOB_NAME": "sparseforge", "SLURM_NODELIST": "localhost"}.items():  # fmt: skip
@@ -133,11 +139,7 @@ def srun_two_ranks(args: list[str], run_dir: Path, scontrol_dir: Path) -> list[s
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_requeue_signal_under_ddp_is_answered_by_every_rank_at_the_same_step(tmp_path):
-    scontrol_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
-    scontrol_dir.mkdir()
-    scontrol = scontrol_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    scontrol_dir, calls = recording_scontrol(tmp_path)
     common = [*QUIET, "method=derpp", "method.buffer_size=300", "scenario.n_tasks=2", "scenario.epochs_per_task=2",
               "model.dropout=0.2"]  # fmt: skip
     reference, run = tmp_path / "reference", tmp_path / "run"
