@@ -13,8 +13,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sparseforge.errors import ConfigError
+from sparseforge.sparsity.rules import RULES
 
-UPDATE_RULES = ("dense", "static", "set", "rigl", "unfired", "momentum", "tdm")
+UPDATE_RULES = ("dense", *RULES)  # a rule registered in RULES is a valid update_rule
 DISTRIBUTIONS = ("uniform", "er", "erk")
 PLACEMENTS = ("random", "magnitude")
 DROP_SCHEDULES = ("constant", "cosine", "linear")
