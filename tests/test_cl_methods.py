@@ -23,7 +23,7 @@ def run(tmp_path: Path, overrides: list[str], name: str = "run") -> dict:
     return summary(tmp_path / name)
 
 
-@pytest.mark.parametrize("method", ["finetune", "joint", "er", "der", "derpp"])
+@pytest.mark.parametrize("method", ["finetune", "joint", "er", "er_ace", "der", "derpp"])
 def test_every_method_runs_the_default_split(tmp_path, method):
     s = run(tmp_path, [f"method={method}", "callbacks=none"])
     cl = s["cl"]
@@ -36,9 +36,9 @@ def test_every_method_runs_the_default_split(tmp_path, method):
     assert cl["bwt"] == pytest.approx(metrics.backward_transfer(R))
     assert len(cl["acc_matrix_task_il"]) == 5 and cl["avg_acc_task_il"] >= cl["avg_acc"]
     assert 0 < cl["eval_seconds"] < cl["fit_seconds"] and 0 < cl["eval_share"] < 1
-    if method in ("er", "der", "derpp"):
+    if method in ("er", "er_ace", "der", "derpp"):
         replay = s["replay"]
-        logits = 10 if method != "er" else 0
+        logits = 10 if method in ("der", "derpp") else 0
         assert replay["samples"] == replay["capacity"] == 500
         assert replay["bytes"] == 500 * bytes_per_sample((1, 8, 8), logits)  # digits are 1x8x8 uint8
     else:

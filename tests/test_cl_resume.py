@@ -71,6 +71,9 @@ MID_EPOCH = {
                               "sparsity.delta_t=3", "scenario.epochs_per_task=3", "model.dropout=0.2", "seed=5"], 32),
     "er_class_balanced": (lambda d: [*QUIET, "method=er", "method.buffer_policy=class_balanced",
                                      "method.buffer_size=150", "scenario.epochs_per_task=3", "seed=5"], 4),
+    # step 32 is inside task 1, where ER-ACE masks the classes it has seen: they must come back
+    "er_ace": (lambda d: [*QUIET, "method=er_ace", "method.buffer_size=150", "scenario.epochs_per_task=3",
+                          "model.dropout=0.2", "seed=5"], 32),
     # 2 tasks x 6 epochs, 10 batches each until the removal at epoch 2; step 76 is inside task 1's
     # first epoch, after TDM's shrink, DDR's first removal of task 0 and several DGM refreshes
     "sparcl": (lambda d: sparcl_overrides(d, "callbacks=default"), 76),

@@ -192,6 +192,11 @@ class ERMethodConfig(FinetuneMethodConfig):
 
 
 @dataclass
+class ERACEMethodConfig(ERMethodConfig):
+    _target_: str = "sparseforge.methods.ERACE"
+
+
+@dataclass
 class DERMethodConfig(ERMethodConfig):
     _target_: str = "sparseforge.methods.DER"
     alpha: float = 0.3
@@ -411,6 +416,7 @@ def register_schemas() -> None:
         ("method", "finetune", FinetuneMethodConfig),
         ("method", "joint", JointMethodConfig),
         ("method", "er", ERMethodConfig),
+        ("method", "er_ace", ERACEMethodConfig),
         ("method", "der", DERMethodConfig),
         ("method", "derpp", DERPPMethodConfig),
         ("method", "sparcl", SparCLMethodConfig),
