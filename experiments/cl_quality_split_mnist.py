@@ -1,4 +1,4 @@
-"""Split MNIST class-IL quality check: finetune vs ER vs DER++ (buffer 500), 3 seeds.
+"""Split MNIST class-IL quality check: finetune vs ER vs ER-ACE vs DER++ (buffer 500), 3 seeds.
 
 Full MNIST must be reachable through $SPARSEFORGE_DATA_DIR (a folder holding MNIST/raw). Every
 run is a real `python train.py +experiment=split_mnist sparsity=dense method=...` in a subprocess
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "finetune": ["method=finetune"],
     "er": ["method=er", "method.buffer_size=500"],
+    "er_ace": ["method=er_ace", "method.buffer_size=500"],
     "derpp": ["method=derpp", "method.buffer_size=500", "method.alpha=1.0", "method.beta=0.5"],
 }
 
