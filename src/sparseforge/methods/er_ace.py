@@ -6,7 +6,9 @@ the logits of the old ones; the buffer draw gets its own cross-entropy over ever
 Mammoth takes "not seen yet" to be the ids at or above the largest id seen, which assumes the
 classes arrive in the order 0, 1, 2, ... Here the class order can be any permutation, so the
 method keeps the set of seen classes itself. With Mammoth's order the two agree, except that
-Mammoth also leaves the largest seen class unmasked in a batch that lacks it.
+Mammoth also leaves the largest seen class unmasked in a batch that lacks it. The authors' code
+(pclucas14/AML) runs task-free: it masks from the first step and replays as soon as the buffer
+holds examples; Mammoth, followed here, starts both at the second task.
 """
 
 from __future__ import annotations
