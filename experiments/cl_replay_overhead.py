@@ -1,13 +1,13 @@
 """Replay overhead and evaluation share, measured side by side in one process.
 
 1. Step cost. For each model (the Split-MNIST MLP and the small CNN) the variants finetune,
-   ER and DER++ (buffer 500, replay draws as large as the batch) train 2 tasks of Split MNIST
+   ER, ER-ACE and DER++ (buffer 500, replay draws as large as the batch) train 2 tasks of Split MNIST
    through the real stack (config -> train.build -> Lightning). Variants run in rounds, one short
    fit each, interleaved, so machine drift hits them alike. The step cost is the median time
    between consecutive training-batch ends in task 1, where the buffer is full and replay is on
    (it covers loading, transfer, augmentation, forward, backward, optimizer step, buffer draw,
    re-augmentation and insertion). Besides finetune at the same batch size, finetune is also
-   timed at 2x and 3x the batch: ER forwards 2x and DER++ 3x as many examples per step, so those
+   timed at 2x and 3x the batch: ER and ER-ACE forward 2x and DER++ 3x as many examples per step, so those
    ratios isolate what the buffer machinery itself costs. Ratios are paired within a round (same
    machine load) and the median over rounds is reported.
 2. Buffer bookkeeping alone: ``add`` of a batch + ``sample`` + re-augmentation, per step.
@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "finetune": ["method=finetune"],
     "er": ["method=er", "method.buffer_size=500"],
+    "er_ace": ["method=er_ace", "method.buffer_size=500"],
     "derpp": ["method=derpp", "method.buffer_size=500", "method.alpha=1.0", "method.beta=0.5"],
 }
 # The preset sets model.hidden_sizes (an MLP argument): drop it for the CNN.
@@ -138,7 +139,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(tempfile.mkdtemp(prefix="cl_overhead_"))
     b = args.batch_size
-    variants = [("finetune", b), ("er", b), ("derpp", b), ("finetune", 2 * b), ("finetune", 3 * b)]
+    variants = [("finetune", b), ("er", b), ("er_ace", b), ("derpp", b), ("finetune", 2 * b), ("finetune", 3 * b)]
     figures: dict = {
         "batch_size": b,
         "steps_per_task": args.steps,
@@ -168,8 +169,10 @@ def main() -> None:
         figures["models"][model] = {
             "median_step_ms": {k: round(v, 3) for k, v in ms.items()},
             "er_over_finetune_same_batch": ratio(f"er@{b}", f"finetune@{b}"),
+            "er_ace_over_finetune_same_batch": ratio(f"er_ace@{b}", f"finetune@{b}"),
             "derpp_over_finetune_same_batch": ratio(f"derpp@{b}", f"finetune@{b}"),
             "er_over_finetune_same_examples": ratio(f"er@{b}", f"finetune@{2 * b}"),
+            "er_ace_over_finetune_same_examples": ratio(f"er_ace@{b}", f"finetune@{2 * b}"),
             "derpp_over_finetune_same_examples": ratio(f"derpp@{b}", f"finetune@{3 * b}"),
         }
         print(f"{model}: median step " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
