@@ -257,12 +257,23 @@ def test_csv_log_survives_a_resume(tmp_path, monkeypatch):
 
 
 def test_dense_training_learns_digits(tmp_path):
-    """The stack learns: plain dense iid training on digits reaches a sensible accuracy."""
+    """The stack learns: plain dense iid training on digits reaches a sensible accuracy.
+
+    The LR is annealed: at a constant 0.1 (momentum 0.9) the last epoch is still noisy, and the
+    final accuracy ranged from 0.88 to 0.96 over seeds 0-3, and moved with the machine's float
+    rounding; with cosine annealing it was 0.964 to 0.982 over seeds 0-5."""
     metrics, _ = run(
-        ["logger=none", "callbacks=none", "scenario=iid", "scenario.epochs_per_task=5", "sparsity=dense"],
+        [
+            "logger=none",
+            "callbacks=none",
+            "scenario=iid",
+            "scenario.epochs_per_task=5",
+            "sparsity=dense",
+            "lr_scheduler=cosine",
+        ],
         tmp_path / "r",
     )
-    assert metrics["test/acc"] > 0.9 and math.isfinite(metrics["train/loss"])
+    assert metrics["test/acc"] > 0.95 and math.isfinite(metrics["train/loss"])
 
 
 class SigtermAtStep(Callback):
