@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sparseforge.methods.replay import ReplayMethod
+from sparseforge.sparsity.distributed import world_size
 
 
 class ERACE(ReplayMethod):
@@ -50,7 +51,7 @@ class ERACE(ReplayMethod):
         if self.seen_classes is None:
             self.seen_classes = torch.zeros_like(present)
         everywhere = present
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             everywhere = present.to(torch.uint8)
             dist.all_reduce(everywhere, op=dist.ReduceOp.MAX)
         self.seen_classes = self.seen_classes.to(y.device) | everywhere.bool()

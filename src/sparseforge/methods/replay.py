@@ -20,6 +20,7 @@ import torch.distributed as dist
 from sparseforge.continual.buffer import ReplayBuffer
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
+from sparseforge.sparsity.distributed import world_size
 
 
 class ReplayBatch(NamedTuple):
@@ -66,7 +67,7 @@ class ReplayMethod(ContinualMethod):
 
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:
         fields = [batch.raw, batch.y, batch.task] + ([logits.detach()] if self.store_logits else [])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             fields = [_gather(t) for t in fields]
         self.buffer.add(*fields)
 

@@ -31,6 +31,7 @@ from sparseforge.continual.sharp.learner import REPLAY_LAYERS, SharpLearner, fir
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
 from sparseforge.models.sharp import SharpNet
+from sparseforge.sparsity.distributed import world_size
 from sparseforge.sparsity.flops import LayerFlopsMeter
 
 log = logging.getLogger("sparseforge")
@@ -240,18 +241,15 @@ class Sharp(ContinualMethod):
         record["ltm_bytes"] = max(record["ltm_bytes"], learner.ltm.nbytes)
 
     # -- DDP: rank 0's SHARP state everywhere ------------------------------------------------------------
-    def _distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
     def _sync_ranks(self) -> None:
-        if self._distributed():
+        if world_size() > 1:
             state = self.trainer.strategy.broadcast(
                 {"ranks": self.learner.ranks, "masks": self.learner.masks.state_dict()}, src=0
             )
             self.learner.load_partial_state(state)
 
     def _sync_state(self) -> None:
-        if not self._distributed():
+        if world_size() == 1:
             return
         self.learner.load_state_dict(self.trainer.strategy.broadcast(self.learner.state_dict(), src=0))
         for layer in self.learner.layers:

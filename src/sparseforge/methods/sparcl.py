@@ -35,7 +35,6 @@ import logging
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 
 from sparseforge.continual.data_removal import DataRemoval
 from sparseforge.errors import ConfigError
@@ -43,6 +42,7 @@ from sparseforge.lightning.sparsity_callback import find_sparsifier
 from sparseforge.methods.derpp import DERPP
 from sparseforge.methods.er import ER
 from sparseforge.methods.replay import _gather
+from sparseforge.sparsity.distributed import world_size
 from sparseforge.sparsity.gradient_masking import DynamicGradientMasking
 
 log = logging.getLogger("sparseforge")
@@ -159,7 +159,7 @@ class SparCLMixin:
         super().track_accuracy(logits, y)
         if self.data_removal is not None and self._batch is not None:
             index, correct = self._batch.index, logits.detach().argmax(dim=1) == y
-            if _distributed():  # every rank keeps the statistics of every example
+            if world_size() > 1:  # every rank keeps the statistics of every example
                 index, correct = _gather(index), _gather(correct.to(torch.uint8)).bool()
             self.data_removal.record(index, correct)
 
@@ -297,10 +297,6 @@ class SparCLMixin:
         if flops is not None and flops.dense_total:
             section["metrics"] = {"flops/train_relative_to_dense": flops.train_relative_to_dense}
         return section
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class SparCLDERPP(SparCLMixin, DERPP):
