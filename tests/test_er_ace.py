@@ -20,7 +20,7 @@ from sparseforge.methods.er_ace import ERACE
 from sparseforge.train import train
 from tests.helpers.cl import QUIET, one_thread, summary
 from tests.helpers.config import compose_config
-from tests.test_sparsity_ddp import free_port
+from tests.helpers.ddp import free_port
 
 
 def test_current_batch_sees_its_classes_and_unseen_ones_replay_sees_all(tmp_path, monkeypatch):

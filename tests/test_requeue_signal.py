@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from sparseforge.train import train
 from tests.conftest import REPO
 from tests.helpers.cl import QUIET, Crash, one_thread
 from tests.helpers.config import compose_config
+from tests.helpers.ddp import free_port
 from tests.test_cl_resume import assert_same_run
 
 SIGNAL_STEP = 13  # digits, batch 32: 9 steps per epoch, so step 13 is inside epoch 1
@@ -100,9 +100,7 @@ DDP_SIGNAL_STEP = 25  # 2 ranks x batch 32: 11 steps per epoch, so step 25 is in
 def srun_two_ranks(args: list[str], run_dir: Path, scontrol_dir: Path) -> list[subprocess.CompletedProcess]:
     """``train.py`` as ``srun --ntasks=2 --ntasks-per-node=2`` starts it: one process per rank,
     told its rank by SLURM's variables (Lightning's SLURMEnvironment), not spawned by Lightning."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     slurm = {"SLURM_JOB_ID": "4243", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0",
              "SLURM_JOB_NAME": "sparseforge", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
              "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -16,14 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from sparseforge.models import create_model
 from sparseforge.sparsity import Sparsifier
 from tests.conftest import run_cli
+from tests.helpers.ddp import free_port
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, world: int, port: int, rule: str, out_dir: str) -> None:
