@@ -22,7 +22,7 @@ Everything else (optimizers from config, logging, the task loop, sparsity) is sh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -94,6 +94,21 @@ class ContinualMethod(pl.LightningModule):
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def forward_batches(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        """The logits of several input batches (say, the current batch and buffer draws).
+
+        One forward over their concatenation when no layer normalises over the batch: the logits
+        are those of separate forwards, without paying the per-call cost once per batch (on a
+        small model most of a step). With BatchNorm, one forward per batch, as Mammoth: a joint
+        forward would normalise the batches together and change the method."""
+        if len(xs) == 1 or self._normalises_over_batch:
+            return [self(x) for x in xs]
+        return list(self(torch.cat(xs)).split([len(x) for x in xs]))
+
+    @cached_property
+    def _normalises_over_batch(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     # -- Lightning ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

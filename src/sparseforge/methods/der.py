@@ -16,14 +16,20 @@ class DER(ReplayMethod):
         self.alpha = float(alpha)
 
     def observe(self, batch):
-        logits = self(batch.x)
+        draws = self.replay_draws()
+        logits, *replayed_logits = self.forward_batches(batch.x, *(d.x for d in draws))
         self.track_accuracy(logits, batch.y)
-        loss = F.cross_entropy(self.current_task_logits(logits), batch.y) + self.replay_loss()
+        loss = F.cross_entropy(self.current_task_logits(logits), batch.y)
+        if draws:
+            loss = loss + self.replay_loss(draws, replayed_logits)
         self.remember(batch, logits)
         return loss
 
-    def replay_loss(self):
+    def replay_draws(self) -> list:
+        """The buffer draws of one step (one here), none while the buffer is empty."""
         replayed = self.replay()
-        if replayed is None:
-            return 0.0
-        return self.alpha * F.mse_loss(self(replayed.x), replayed.logits)
+        return [] if replayed is None else [replayed]
+
+    def replay_loss(self, draws, logits):
+        (draw,), (out,) = draws, logits
+        return self.alpha * F.mse_loss(out, draw.logits)

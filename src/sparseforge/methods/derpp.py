@@ -13,9 +13,11 @@ class DERPP(DER):
         super().__init__(*args, **kwargs)
         self.beta = float(beta)
 
-    def replay_loss(self):
-        loss = super().replay_loss()
-        replayed = self.replay()
-        if replayed is None:
-            return loss
-        return loss + self.beta * F.cross_entropy(self(replayed.x), replayed.y)
+    def replay_draws(self) -> list:
+        return super().replay_draws() + super().replay_draws()  # the logit draw, the label draw
+
+    def replay_loss(self, draws, logits):
+        (for_logits, for_labels), (out_logits, out_labels) = draws, logits
+        return self.alpha * F.mse_loss(out_logits, for_logits.logits) + self.beta * F.cross_entropy(
+            out_labels, for_labels.y
+        )

@@ -31,15 +31,16 @@ class ERACE(ReplayMethod):
         self.seen_classes: torch.Tensor | None = None  # one bool per class, made on the first batch
 
     def observe(self, batch):
-        logits = self(batch.x)
+        replaying = self.current_task > 0  # as Mammoth: neither masking nor replay on the first task
+        replayed = self.replay() if replaying else None
+        logits, *replayed_logits = self.forward_batches(batch.x, *([replayed.x] if replaying else []))
         self.track_accuracy(logits, batch.y)
         present = self.see(batch.y, num_classes=logits.shape[1])
-        if self.current_task == 0:  # as Mammoth: neither masking nor replay on the first task
+        if not replaying:
             loss = F.cross_entropy(logits, batch.y)
         else:
             asymmetric = logits.masked_fill(~(present | ~self.seen_classes), float("-inf"))
-            replayed = self.replay()
-            loss = F.cross_entropy(asymmetric, batch.y) + F.cross_entropy(self(replayed.x), replayed.y)
+            loss = F.cross_entropy(asymmetric, batch.y) + F.cross_entropy(replayed_logits[0], replayed.y)
         self.remember(batch)
         return loss
 
