@@ -33,12 +33,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: tiny ops on a shared CPU
 REPO = Path(__file__).resolve().parents[1]
 
-METHODS = {
-    "finetune": ["method=finetune"],
-    "er": ["method=er", "method.buffer_size=500"],
-    "er_ace": ["method=er_ace", "method.buffer_size=500"],
-    "derpp": ["method=derpp", "method.buffer_size=500", "method.alpha=1.0", "method.beta=0.5"],
-}
+sys.path.insert(0, str(REPO / "experiments"))
+from cl_quality_split_mnist import METHODS  # noqa: E402  (the variants whose quality is measured)
+
 # The preset sets model.hidden_sizes (an MLP argument): drop it for the CNN.
 MODELS = {"mlp": ["model=mlp", "model.hidden_sizes=[100,100]"], "small_cnn": ["model=small_cnn", "~model.hidden_sizes"]}
 
