@@ -18,6 +18,5 @@ class DERPP(DER):
 
     def replay_loss(self, draws, logits):
         (for_logits, for_labels), (out_logits, out_labels) = draws, logits
-        return self.alpha * F.mse_loss(out_logits, for_logits.logits) + self.beta * F.cross_entropy(
-            out_labels, for_labels.y
-        )
+        mse = F.mse_loss(out_logits, for_logits.logits)
+        return self.alpha * mse + self.beta * F.cross_entropy(out_labels, for_labels.y)
