@@ -68,7 +68,7 @@ class FlopsAccountant:
 
     A forward pre-hook on ``model`` counts the examples it really processes while in training
     mode: with gradients enabled an example costs forward + backward, under ``no_grad`` a
-    forward only (so a method doing three forwards per step, like DER++, is charged three).
+    forward only (so DER++, which forwards the batch and two buffer draws, is charged for all three).
     Evaluation forwards (``model.eval()``) are not training FLOPs and are not counted.
 
     ``step(layer_density, weight_grad_density)`` then charges the examples seen since the last
