@@ -16,7 +16,9 @@
 
     SPARSEFORGE_DATA_DIR=/path/to/data python experiments/cl_replay_overhead.py [--rounds 3]
 
-The last stdout line is one JSON object with the figures.
+The runs use the preset's ``hardware=auto``: on a machine with a CUDA GPU they train on it
+(bf16-mixed), and the JSON's ``device`` names the card. The last stdout line is one JSON object
+with the figures.
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ def main() -> None:
         "steps_per_task": args.steps,
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
+        # hardware=auto (the preset's default) trains on a CUDA GPU when one is visible
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "models": {},
     }
     for model in args.models:
