@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # 10-30x slower on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """``e2e``: whole runs in other processes. Everything under tests/e2e/, and every DDP or SLURM
+    test wherever it lives (``pytest -m "not e2e"`` is the in-process suite)."""
+    for item in items:
+        in_e2e_dir = E2E_DIR in Path(str(item.fspath)).resolve().parents
+        if in_e2e_dir or item.get_closest_marker("ddp") or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture
@@ -35,16 +42,3 @@ def full_mnist_dir() -> Path:
     if not root or not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip("full MNIST not available: set SPARSEFORGE_DATA_DIR to a folder with MNIST/raw (CI does)")
     return Path(root)
-
-
-def run_cli(args, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python train.py <args>`` in a subprocess, as a user would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd or REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

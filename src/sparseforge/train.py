@@ -212,8 +212,8 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train from a composed config; write summary.json; return the final metrics."""
+    from sparseforge.config.points import completed_summary
     from sparseforge.lightning.loggers import continue_logs_from, finish_wandb
-    from sparseforge.sweeps.points import completed_summary
     from sparseforge.utils.io import atomic_write_json
 
     start = time.time()

@@ -20,8 +20,8 @@ def only_if(condition, value):
 
 def sweep_point_dir(overrides, experiment=None, seed=None) -> str:
     """``${sf.point_dir:${hydra.overrides.task},<experiment>,${seed}}``: a sweep point's deterministic
-    directory name, hashed from experiment, seed and overrides (see sweeps/points.py)."""
-    from sparseforge.sweeps.points import point_dirname
+    directory name, hashed from experiment, seed and overrides (see points.py)."""
+    from sparseforge.config.points import point_dirname
 
     return point_dirname(list(overrides or []), experiment, seed)
 

@@ -85,7 +85,7 @@ class WarmupCosineLRConfig:
 # -- data and scenario ---------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    _target_: str = "sparseforge.data.datamodule.ContinualDataModule"
+    _target_: str = "sparseforge.lightning.datamodule.ContinualDataModule"
     batch_size: int = 128
     eval_batch_size: int = 512
     num_workers: int = 0

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from sparseforge.errors import ConfigError
-from sparseforge.sparsity.placement import seeded_generator
+from sparseforge.utils.seeding import seeded_generator
 
 #: Score of an example never classified correctly since the last reset (ranks above any count).
 NEVER_LEARNED = torch.iinfo(torch.int32).max

@@ -1,4 +1,4 @@
-"""Datasets (one file each, read with torchvision's classes) and the continual datamodule."""
+"""Datasets: one file each, read with torchvision's classes (the datamodule is Lightning glue)."""
 
 from sparseforge.data.base import DATA_DIR_ENV, ImageDataset, ImageTensors
 from sparseforge.data.cifar import CIFAR10, CIFAR100

@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from sparseforge.errors import ConfigError
+from sparseforge.lightning.sparsity_callback import check_sparsity_contract
 from sparseforge.sparsity.flops import FlopsAccountant
 from sparseforge.sparsity.nm.export import (
     default_backend,
@@ -130,6 +131,7 @@ class NMSparsityCallback(pl.Callback):
 
     def preflight(self, method: pl.LightningModule) -> None:
         """Install the parametrizations at build time, so a bad layer fails before anything runs."""
+        check_sparsity_contract(method, sparse=True)
         if self.sparsifier is None:
             model = self._model(method)
             self.sparsifier = NMSparsifier(

@@ -94,6 +94,7 @@ class SparsityCallback(pl.Callback):
     # -- pre-flight: the model-dependent checks, run by train.build() before anything trains ---------
     def preflight(self, method: pl.LightningModule) -> None:
         o = self.options
+        check_sparsity_contract(method, sparse=not o.is_dense)
         if o.is_dense:
             return
         layers = select_layers(method.model, o.include, o.exclude, o.dense_first_layer, o.dense_last_layer)
@@ -119,6 +120,10 @@ class SparsityCallback(pl.Callback):
         if self._saved_state is not None:
             self.sparsifier.load_state_dict(self._saved_state)
             self._saved_state = None
+        # The method's side of the contract (methods/base.py): it gets the engine, never the glue.
+        if hasattr(pl_module, "attach_sparsifier"):
+            pl_module.attach_sparsifier(self.sparsifier)
+            self.sparsifier.gradient_policy = pl_module.gradient_policy()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sp = self.sparsifier
@@ -281,8 +286,25 @@ class SparsityCallback(pl.Callback):
 
 
 def find_sparsifier(trainer: pl.Trainer) -> Sparsifier | None:
-    """The run's ``Sparsifier`` (for methods that build on the masks), or None."""
+    """The run's ``Sparsifier``, or None (for tests and tools; methods get it through
+    ``attach_sparsifier``)."""
     for callback in trainer.callbacks:
         if isinstance(callback, SparsityCallback):
             return callback.sparsifier
     return None
+
+
+def check_sparsity_contract(method: pl.LightningModule, sparse: bool) -> None:
+    """One config error when the method and the ``sparsity`` group cannot run together."""
+    needs = getattr(method, "sparsity_masks", "any")
+    name = getattr(method, "name", type(method).__name__)
+    if needs == "own" and sparse:
+        raise ConfigError(
+            "sparsity", f"method={name} keeps masks of its own; a sparsity rule cannot run beside it", "sparsity=dense"
+        )
+    if needs == "engine" and not sparse:
+        raise ConfigError(
+            "sparsity",
+            f"method={name} builds on the sparsity engine's masks, but this sparsity group has none",
+            "a sparse group, e.g. sparsity=sparcl",
+        )

@@ -12,6 +12,19 @@ Avalanche's before/after hooks):
 - ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
   (replay buffers, statistics). It is saved with every checkpoint and restored on resume.
 
+What a method needs from the sparsity engine, it declares; the Lightning glue reads the
+declaration and hands the engine over, so a method never imports the glue:
+
+- ``sparsity_masks``: ``"any"`` (any ``sparsity=`` group), ``"engine"`` (builds on the engine's
+  masks, e.g. SparCL: a sparse group is required) or ``"own"`` (keeps masks of its own, e.g.
+  SHARP: ``sparsity=dense`` is required). A wrong pairing is one config error before any work;
+- ``gradient_policy()``: an object the run's ``Sparsifier`` calls around every optimizer step
+  (SparCL's dynamic gradient masking), or None;
+- ``attach_sparsifier(sparsifier)``: receives the run's ``Sparsifier`` (``self.sparsifier``)
+  before ``setup``;
+- ``current_ce_classes``: which classes the current batch's cross-entropy sees, ``"all"`` or
+  ``"task"`` (the current task's only; replay terms always see every class).
+
 Per-step bookkeeping belongs in ``observe``/``training_step`` (or an optimizer-step hook), not in
 the module's ``on_train_batch_end``: Lightning calls that after the callbacks', and so after a
 checkpoint saved inside an epoch (``callbacks.model_checkpoint.every_n_train_steps``).
@@ -39,6 +52,8 @@ class ContinualMethod(pl.LightningModule):
     name: ClassVar[str] = "base"
     #: Whether task-IL evaluation (logits masked per task) is meaningful for this method.
     supports_task_il: ClassVar[bool] = True
+    #: How the method relates to the sparsity engine's masks: "any" | "engine" | "own" (see above).
+    sparsity_masks: ClassVar[str] = "any"
 
     def __init__(
         self,
@@ -54,12 +69,15 @@ class ContinualMethod(pl.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.current_task = 0
         self.train_accuracy = None  # created on first use, when the number of classes is known
+        self.sparsifier = None  # the run's Sparsifier, handed over by the glue (attach_sparsifier)
+        self.current_ce_classes = "all"
+        self._class_mask: torch.Tensor | None = None
 
     # -- hooks for methods -------------------------------------------------------------------------
     def observe(self, batch) -> torch.Tensor:
         logits = self(batch.x)
         self.track_accuracy(logits, batch.y)
-        return F.cross_entropy(logits, batch.y)
+        return F.cross_entropy(self.current_ce_logits(logits), batch.y)
 
     def track_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Feed the epoch's training accuracy (``train/acc``, torchmetrics). Methods that
@@ -75,6 +93,25 @@ class ContinualMethod(pl.LightningModule):
 
     def begin_task(self, task: Task) -> None:
         self.current_task = task.id
+        self._class_mask = None  # rebuilt for this task's classes at the first batch
+
+    # -- what the method needs from the sparsity engine --------------------------------------------
+    def attach_sparsifier(self, sparsifier) -> None:
+        self.sparsifier = sparsifier
+
+    def gradient_policy(self):
+        return None
+
+    def current_ce_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The current batch's logits as its cross-entropy sees them: the same tensor with
+        ``current_ce_classes="all"`` (callers may test identity), else other tasks' classes at -inf."""
+        if self.current_ce_classes == "all":
+            return logits
+        if self._class_mask is None or self._class_mask.shape[0] != logits.shape[1]:
+            mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+            mask[list(self.tasks[self.current_task].classes)] = True
+            self._class_mask = mask
+        return logits.masked_fill(~self._class_mask, float("-inf"))
 
     def end_task(self, task: Task) -> None:
         pass

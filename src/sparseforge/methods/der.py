@@ -19,7 +19,7 @@ class DER(ReplayMethod):
         draws = self.replay_draws()
         logits, *replayed_logits = self.forward_batches(batch.x, *(d.x for d in draws))
         self.track_accuracy(logits, batch.y)
-        loss = F.cross_entropy(self.current_task_logits(logits), batch.y)
+        loss = F.cross_entropy(self.current_ce_logits(logits), batch.y)
         if draws:
             loss = loss + self.replay_loss(draws, replayed_logits)
         self.remember(batch, logits)

@@ -19,7 +19,7 @@ class ER(ReplayMethod):
         current = logits[: len(batch.y)]
         self.track_accuracy(current, batch.y)
         self.remember(batch)
-        masked = self.current_task_logits(current)
-        if masked is not current:  # SparCL masks the current batch's logits; replayed rows stay whole
+        masked = self.current_ce_logits(current)
+        if masked is not current:  # current_ce_classes="task" masks the current rows; replayed rows stay whole
             logits = torch.cat([masked, logits[len(batch.y) :]])
         return F.cross_entropy(logits, y)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sparseforge.methods.replay import ReplayMethod
-from sparseforge.sparsity.distributed import world_size
+from sparseforge.utils.distributed import world_size
 
 
 class ERACE(ReplayMethod):

@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-import torch.distributed as dist
 
 from sparseforge.continual.buffer import ReplayBuffer
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
-from sparseforge.sparsity.distributed import world_size
+from sparseforge.utils.distributed import gather_cat, world_size
 
 
 class ReplayBatch(NamedTuple):
@@ -59,16 +58,10 @@ class ReplayMethod(ContinualMethod):
         drawn = self.buffer.sample(self.minibatch_size, rank=self.global_rank, world_size=self.trainer.world_size)
         return ReplayBatch(self.datamodule.augment(drawn.raw), drawn.y, drawn.task, drawn.logits)
 
-    def current_task_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The current batch's logits as its cross-entropy sees them. Identity here (the same
-        tensor, which tells ER it need not re-assemble its batch); SparCL masks the classes of other
-        tasks (``restrict_current_ce``). Stored logits stay unmasked."""
-        return logits
-
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:
         fields = [batch.raw, batch.y, batch.task] + ([logits.detach()] if self.store_logits else [])
         if world_size() > 1:
-            fields = [_gather(t) for t in fields]
+            fields = [gather_cat(t) for t in fields]
         self.buffer.add(*fields)
 
     # -- checks, state, summary ------------------------------------------------------------------------
@@ -91,10 +84,3 @@ class ReplayMethod(ContinualMethod):
 
     def summary_section(self, trainer) -> dict[str, Any]:
         return {"replay": self.buffer.memory_report()}
-
-
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor of equal shape from every rank, in rank order."""
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)

@@ -38,12 +38,10 @@ import torch
 
 from sparseforge.continual.data_removal import DataRemoval
 from sparseforge.errors import ConfigError
-from sparseforge.lightning.sparsity_callback import find_sparsifier
 from sparseforge.methods.derpp import DERPP
 from sparseforge.methods.er import ER
-from sparseforge.methods.replay import _gather
-from sparseforge.sparsity.distributed import world_size
 from sparseforge.sparsity.gradient_masking import DynamicGradientMasking
+from sparseforge.utils.distributed import gather_cat, world_size
 
 log = logging.getLogger("sparseforge")
 
@@ -55,6 +53,7 @@ class SparCLMixin:
 
     #: Buffer draws per training step of the base method (for the dense reference).
     replay_draws_per_step: ClassVar[int] = 1
+    sparsity_masks = "engine"  # TDM and DGM act on the sparsity engine's masks
 
     def __init__(
         self,
@@ -67,6 +66,7 @@ class SparCLMixin:
     ):
         super().__init__(*args, **kwargs)
         self.restrict_current_ce = bool(restrict_current_ce)
+        self.current_ce_classes = "task" if self.restrict_current_ce else "all"
         self.replay_first_task = bool(replay_first_task)
         ddr, dgm = dict(ddr or {}), dict(dgm or {})
         seed = int(kwargs.get("seed", 0))
@@ -88,9 +88,7 @@ class SparCLMixin:
         # Examples only the dense reference run processes: DDR's removed data (with the replay of
         # the steps it would take) and replay skipped on the steps run (the first task).
         self.reference_only = {"removed_data": 0, "replay": 0}
-        self._class_mask: torch.Tensor | None = None
         self._batch = None
-        self._sparsifier = None
         self._step: dict[str, int] = {}
         self._epoch: dict[str, Any] = {}
 
@@ -106,18 +104,15 @@ class SparCLMixin:
                     datamodule.scenario.epochs_per_task,
                 )
 
+    def gradient_policy(self):
+        return self.gradient_masking
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        self._sparsifier = find_sparsifier(self.trainer)
-        masks = self._sparsifier.masks if self._sparsifier is not None else None
-        if self.gradient_masking is not None:
-            if masks is None:
-                raise ConfigError(
-                    "method.dgm.enabled",
-                    "gradient masking needs sparse layers, but the run has none",
-                    "sparsity=sparcl",
-                )
-            self._sparsifier.gradient_policy = self.gradient_masking
+        if self.gradient_masking is not None and (self.sparsifier is None or self.sparsifier.masks is None):
+            raise ConfigError(
+                "method.dgm.enabled", "gradient masking needs sparse layers, but the run has none", "sparsity=sparcl"
+            )
 
     def training_indices(self, task, tasks):
         index = super().training_indices(task, tasks)
@@ -126,20 +121,6 @@ class SparCLMixin:
         epoch_in_task = self.trainer.datamodule.epoch_in_task(self.trainer.current_epoch)
         n_examples = len(self.trainer.datamodule.train_data)
         return self.data_removal.indices(task.id, index, epoch_in_task, n_examples)
-
-    def begin_task(self, task) -> None:
-        super().begin_task(task)
-        self._class_mask = None  # rebuilt for this task's classes at the first batch
-
-    # -- the loss --------------------------------------------------------------------------------------
-    def current_task_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.restrict_current_ce:
-            return logits
-        if self._class_mask is None or self._class_mask.shape[0] != logits.shape[1]:
-            mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            mask[list(self.tasks[self.current_task].classes)] = True
-            self._class_mask = mask
-        return logits.masked_fill(~self._class_mask, float("-inf"))
 
     def replay(self):
         if self.current_task == 0 and not self.replay_first_task:
@@ -160,7 +141,7 @@ class SparCLMixin:
         if self.data_removal is not None and self._batch is not None:
             index, correct = self._batch.index, logits.detach().argmax(dim=1) == y
             if world_size() > 1:  # every rank keeps the statistics of every example
-                index, correct = _gather(index), _gather(correct.to(torch.uint8)).bool()
+                index, correct = gather_cat(index), gather_cat(correct.to(torch.uint8)).bool()
             self.data_removal.record(index, correct)
 
     # -- per epoch and per step ------------------------------------------------------------------------
@@ -175,9 +156,9 @@ class SparCLMixin:
         record = {"task": task.id, "epoch_in_task": dm.epoch_in_task(epoch), "train_examples": None}
         if self.data_removal is not None:
             record["train_examples"] = self.task_size_now(task)
-        if self._sparsifier is not None and self._sparsifier.masks is not None:
-            record["density"] = self._sparsifier.global_density()
-            record["layer_nnz"] = dict(self._sparsifier.layer_nnz())
+        if self.sparsifier is not None and self.sparsifier.masks is not None:
+            record["density"] = self.sparsifier.global_density()
+            record["layer_nnz"] = dict(self.sparsifier.layer_nnz())
         self.density_history.append(record)
         if self.trainer.is_global_zero:
             values = {"sparcl/train_examples": float(record["train_examples"] or full)}
@@ -195,7 +176,7 @@ class SparCLMixin:
     def _charge_reference_only(self, batch_idx: int) -> None:
         # Here and not in on_train_batch_end: Lightning runs the module's on_train_batch_end after
         # the callbacks', so after a checkpoint saved inside the epoch, which would then miss it.
-        flops = self._sparsifier.flops if self._sparsifier is not None else None
+        flops = self.sparsifier.flops if self.sparsifier is not None else None
         if flops is None or not self._step:
             return
         # Replay a dense run of the base method would have done at this step but this run skipped.
@@ -267,9 +248,9 @@ class SparCLMixin:
             "base": self.base_name,
             "restrict_current_ce": self.restrict_current_ce,
             "replay_first_task": self.replay_first_task,
-            "tdm": self._sparsifier is not None
-            and self._sparsifier.rule is not None
-            and self._sparsifier.rule.name == "tdm",
+            "tdm": self.sparsifier is not None
+            and self.sparsifier.rule is not None
+            and self.sparsifier.rule.name == "tdm",
             "ddr": None,
             "dgm": None,
             "epochs": self.density_history,
@@ -290,10 +271,10 @@ class SparCLMixin:
                 "relative_to": g.relative_to,
                 "refresh_every": g.refresh_every,
                 "refreshes": g.refreshes,
-                "gradient_density": g.mean_gradient_density(self._sparsifier.masks),
+                "gradient_density": g.mean_gradient_density(self.sparsifier.masks),
             }
         section["sparcl"] = sparcl
-        flops = self._sparsifier.flops if self._sparsifier is not None else None
+        flops = self.sparsifier.flops if self.sparsifier is not None else None
         if flops is not None and flops.dense_total:
             section["metrics"] = {"flops/train_relative_to_dense": flops.train_relative_to_dense}
         return section

@@ -13,24 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def comm_device() -> torch.device:
-    """Where collectives need their tensors: the current GPU for NCCL, the CPU otherwise.
-
-    Masks may still be on the CPU when they are first synchronised (the trainer moves the
-    model to its GPU after ``setup``), so every collective here goes through this device.
-    """
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+from sparseforge.utils.distributed import comm_device, world_size
 
 
 def broadcast_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,22 +27,3 @@ def broadcast_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         dist.broadcast(buffer, src=0)
         out[name] = buffer.to(device=masks[name].device, dtype=torch.bool)
     return out
-
-
-def all_ranks_agree(flag: bool) -> bool:
-    """True only if ``flag`` is True on every rank (so all ranks take the same branch)."""
-    if world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=comm_device(), dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
-def gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """``tensor`` from every rank, in rank order (on the CPU)."""
-    if world_size() == 1:
-        return [tensor]
-    local = tensor.to(comm_device()).contiguous()
-    parts = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(parts, local)
-    return [p.cpu() for p in parts]

@@ -12,14 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-
-def seeded_generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose stream depends only on ``key``: identical on every rank, stateless to resume."""
-    seed = 0
-    for part in key:
-        seed = (seed * 1_000_003 + int(part) + 1) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(seed)
-
+from sparseforge.utils.seeding import seeded_generator
 
 # topk on the CPU works on a (value, int64 index) copy of its whole input: 12 bytes per score.
 # Above this size, candidates are picked chunk by chunk, so an update's peak memory stays small.

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseforge.sparsity import distributed
+from sparseforge.sparsity.distributed import broadcast_masks
 from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.flops import FlopsAccountant
 from sparseforge.sparsity.masks import MaskInvariantError, MaskSet
@@ -37,6 +37,7 @@ from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules import RULES, UpdateRule
 from sparseforge.sparsity.schedule import DropSchedule
 from sparseforge.sparsity.targets import select_layers
+from sparseforge.utils import distributed
 
 
 class Sparsifier:
@@ -83,7 +84,7 @@ class Sparsifier:
                 model, options.include, options.exclude, options.dense_first_layer, options.dense_last_layer
             )
             nnz = layer_nnz(weight_shapes(layers), options.density, options.distribution, options.erk_power_scale)
-            masks = distributed.broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
+            masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz)
             self.rule = RULES[options.update_rule](
                 regrow_dropped=options.regrow_dropped,
@@ -234,7 +235,7 @@ class Sparsifier:
         restart: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Install new masks (from any rule): rank 0's win, new weights start at 0, counts checked."""
-        new_masks = distributed.broadcast_masks(new_masks or {})
+        new_masks = broadcast_masks(new_masks or {})
         per_layer = self.masks.set_masks(new_masks, optimizer or self.optimizer, target_nnz, restart=restart)
         self.updates_done += 1
         grown = sum(s["grown"] for s in per_layer.values())

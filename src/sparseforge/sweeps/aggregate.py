@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparseforge.config.points import NOT_PART_OF_POINT, SEED_KEY, override_key, point_overrides
 from sparseforge.errors import SparseforgeError
-from sparseforge.sweeps.points import NOT_PART_OF_POINT, SEED_KEY, override_key, point_overrides
 
 # summary.json sections flattened into "<section>.<key>" columns (numbers only, one level)
 SECTIONS = ("sparsity", "flops", "cl", "replay")

@@ -21,9 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sparseforge.config.points import override_key
 from sparseforge.errors import SparseforgeError
 from sparseforge.sweeps.plan import SweepError, default_sweep_name, prepare_run_points
-from sparseforge.sweeps.points import override_key
 
 ARRAY_SCRIPT = Path(__file__).resolve().parents[3] / "slurm" / "array.sbatch"
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sparseforge.config.points import completed_summary
 from sparseforge.errors import ConfigError, SparseforgeError
-from sparseforge.sweeps.points import completed_summary
 
 
 class SweepError(SparseforgeError):

@@ -22,11 +22,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseforge.errors import ConfigError
-from sparseforge.sparsity.distributed import gather, world_size
 from sparseforge.sparsity.nm.mask import group_counts, input_dim, nm_mask
 from sparseforge.sparsity.nm.schedule import NMSchedule, Phase
 from sparseforge.sparsity.nm.weight import NMWeight
 from sparseforge.sparsity.targets import select_layers
+from sparseforge.utils.distributed import gather, world_size
 
 log = logging.getLogger("sparseforge")
 

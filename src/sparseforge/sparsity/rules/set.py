@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from sparseforge.sparsity.placement import seeded_generator
 from sparseforge.sparsity.rules.base import DropAndGrow
+from sparseforge.utils.seeding import seeded_generator
 
 
 def random_scores(sparsifier, name: str, position: int) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""Replay under real DDP (2 CPU processes, gloo): one global stream, identical buffers on every rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers.cl import QUIET, summary
+from tests.helpers.cli import run_cli
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_replay_buffer_is_identical_on_every_rank(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [
+            *QUIET,
+            "hardware=ddp_cpu",
+            "method=derpp",
+            "method.buffer_size=300",
+            "scenario.n_tasks=2",
+            "scenario.epochs_per_task=1",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.dump._target_=tests.helpers.cl.buffer_dump",
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(run_dir / f"buffer_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key in ("x", "y", "task", "logits", "valid", "generator"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    # Each rank inserted the batches of both ranks: the buffer saw the whole (padded) stream once.
+    s = summary(run_dir)
+    stream = 1347  # digits' training split, every example once over the 2 tasks
+    assert ranks[0]["seen"] == s["replay"]["seen"] and stream <= ranks[0]["seen"] <= stream + 2
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert torch.equal(ckpt["method_state"]["buffer"]["x"], ranks[0]["x"])
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_resume_inside_an_epoch_under_ddp_is_exact(tmp_path):
+    """Both ranks resume their own share of the epoch at the batch after the step checkpoint."""
+    common = [
+        *QUIET,
+        "hardware=ddp_cpu",
+        "method=derpp",
+        "method.buffer_size=300",
+        "scenario.n_tasks=2",
+        "scenario.epochs_per_task=2",
+        "model.dropout=0.2",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+    ]
+    env = {"OMP_NUM_THREADS": "1"}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for args in (
+        [*common, f"hydra.run.dir={full}"],
+        # 2 ranks x batch 32 over task 0's ~700 examples: 11 steps per epoch; step 24 is batch 2 of
+        # epoch 2 (task 1), and max_steps stops the run right after that step's checkpoint
+        [*common, f"hydra.run.dir={cut}", "trainer.max_steps=24"],
+        [*common, f"hydra.run.dir={cut}", "ckpt_path=auto"],
+    ):
+        proc = run_cli(args, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if "trainer.max_steps=24" in args:
+            saved = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
+            loop = saved["loops"]["fit_loop"]
+            assert saved["global_step"] == 24 and saved["epoch"] == 2
+            assert loop["state_dict"]["combined_loader"] == [{"batches_served": 2}]
+    a, b = summary(full), summary(cut)
+    assert b["status"] == "completed" and b["resumed_from"].endswith("last.ckpt")
+    assert a["cl"]["acc_matrix"] == b["cl"]["acc_matrix"]
+    wa = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    wb = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
+    assert torch.equal(wa["method_state"]["buffer"]["x"], wb["method_state"]["buffer"]["x"])

@@ -1,0 +1,157 @@
+"""sparseforge-aggregate on a sweep directory laid out as Hydra writes it (summary.json and
+.hydra/overrides.yaml per run): grouping without the seed, mean ± sample std and n, CSV, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from sparseforge.sweeps.aggregate import AggregateError, aggregate, load_runs
+from tests.helpers.cli import REPO
+
+# (density, seed) -> test/acc, train FLOPs; CL metrics and a failed run on top
+ACC = {(0.05, 0): 0.61, (0.05, 1): 0.65, (0.05, 2): 0.60, (0.1, 0): 0.70, (0.1, 1): 0.74}
+FORGETTING = {(0.05, 0): 0.30, (0.05, 1): 0.20, (0.05, 2): 0.25, (0.1, 0): 0.10, (0.1, 1): 0.14}
+
+
+def write_run(sweep, name, overrides, summary):
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    sweep = tmp_path / "multiruns" / "dens"
+    for (density, seed), acc in ACC.items():
+        write_run(
+            sweep,
+            f"d{density}-s{seed}",
+            ["+experiment=rigl_digits", f"sparsity.density={density}", f"seed={seed}", "sweep_name=dens", "logger=csv"],
+            {
+                "status": "completed",
+                "seed": seed,
+                "metrics": {"test/acc": acc, "train/loss": 1.0 - acc},
+                "sparsity": {"density": density + 0.0001 * seed, "layers": {"fc": 0.1}},
+                "flops": {"train_relative_to_dense": 3 * density},
+                "cl": {
+                    "avg_acc": acc,
+                    "forgetting": FORGETTING[(density, seed)],
+                    "bwt": -FORGETTING[(density, seed)],
+                    "acc_matrix": [[1.0]],
+                },
+            },
+        )
+    write_run(
+        sweep,
+        "d0.2-s0",
+        ["+experiment=rigl_digits", "sparsity.density=0.2", "seed=0"],
+        {"status": "failed", "error": "RuntimeError: boom", "metrics": {}},
+    )
+    write_run(
+        sweep,
+        "d0.2-s1",
+        ["+experiment=rigl_digits", "sparsity.density=0.2", "seed=1"],
+        {"status": "running", "metrics": {}},
+    )
+    return sweep
+
+
+def by_hand(column_of, density):
+    xs = [column_of(s) for (d, s) in ACC if d == density]
+    return statistics.fmean(xs), statistics.stdev(xs), len(xs)
+
+
+def test_groups_by_overrides_without_seed_and_matches_hand_computed_stats(sweep):
+    groups, text = aggregate(load_runs(sweep), "test/acc", sweep / "agg")
+    assert [g.point for g in groups] == [
+        {"experiment": "rigl_digits", "sparsity.density": "0.05"},
+        {"experiment": "rigl_digits", "sparsity.density": "0.1"},
+    ]
+    for group, density in zip(groups, (0.05, 0.1), strict=True):
+        assert group.stats("test/acc") == pytest.approx(by_hand(lambda s, d=density: ACC[(d, s)], density))
+        assert group.stats("cl.forgetting") == pytest.approx(by_hand(lambda s, d=density: FORGETTING[(d, s)], density))
+
+    # the printed table: one row per density, the seed gone, mean ± std over the seeds, n
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 0.")]
+    assert len(rows) == 2
+    header = [c.strip() for c in text.splitlines()[2].split("|")[1:-1]]
+    assert header[:3] == ["sparsity.density", "n", "test/acc"]
+    assert "sparsity.density" in header and "flops.train_relative_to_dense" in header and "cl.forgetting" in header
+    for row, density in zip(rows, (0.05, 0.1), strict=True):
+        cells = dict(zip(header, (c.strip() for c in row), strict=True))
+        mean, std, n = by_hand(lambda s, d=density: ACC[(d, s)], density)
+        assert cells["n"] == str(n)
+        assert cells["test/acc"] == f"{mean:.4f} ± {std:.4f}"
+        f_mean, f_std, _ = by_hand(lambda s, d=density: 3 * d, density)
+        assert cells["flops.train_relative_to_dense"] == f"{f_mean:.4f} ± {f_std:.4f}"
+    assert text.splitlines()[0] == "common: experiment=rigl_digits"
+    assert "not included: 1 failed, 1 running" in text
+
+
+def test_csv_and_plots(sweep):
+    aggregate(load_runs(sweep), "test/acc", sweep / "agg")
+    rows = list(csv.DictReader((sweep / "agg" / "aggregate.csv").open()))
+    assert [r["sparsity.density"] for r in rows] == ["0.05", "0.1"]
+    for row, density in zip(rows, (0.05, 0.1), strict=True):
+        mean, std, n = by_hand(lambda s, d=density: ACC[(d, s)], density)
+        assert float(row["test/acc:mean"]) == mean and float(row["test/acc:std"]) == std and int(row["n"]) == n
+        d_mean = statistics.fmean(density + 0.0001 * s for (d, s) in ACC if d == density)
+        assert float(row["sparsity.density:mean"]) == pytest.approx(d_mean, rel=0, abs=1e-15)
+        assert "sparsity.layers" not in "".join(row)  # nested sections are not columns
+    for png in ("acc_vs_density.png", "acc_vs_flops.png", "cl_metrics.png"):
+        data = (sweep / "agg" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_single_seed_has_no_std_and_missing_sections_are_fine(tmp_path):
+    write_run(tmp_path, "a", ["optimizer.lr=0.1", "seed=0"], {"status": "completed", "metrics": {"test/acc": 0.5}})
+    write_run(tmp_path, "b", ["optimizer.lr=0.2", "seed=0"], {"status": "completed", "metrics": {"test/acc": 0.7}})
+    groups, text = aggregate(load_runs(tmp_path), "test/acc", None)
+    assert [g.stats("test/acc") for g in groups] == [(0.5, None, 1), (0.7, None, 1)]
+    assert "| 0.1 | 1 | 0.5000 |" in text and "±" not in text
+
+
+def test_no_completed_runs_is_an_error(tmp_path):
+    write_run(tmp_path, "a", ["seed=0"], {"status": "failed", "metrics": {}})
+    with pytest.raises(AggregateError, match="no completed runs"):
+        aggregate(load_runs(tmp_path), "test/acc", None)
+
+
+def test_cli(sweep):
+    result = subprocess.run(
+        [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| sparsity.density | n | test/acc |" in result.stdout
+    assert (sweep / "aggregate" / "aggregate.csv").exists() and (sweep / "aggregate" / "table.md").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep directory")
+
+
+def test_wandb_source_needs_w_and_b_online(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = subprocess.run(
+        [sys.executable, "-m", "sparseforge.sweeps.aggregate", "--wandb", "me/proj"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "error: W&B is not online here" in result.stderr
