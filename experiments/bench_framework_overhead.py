@@ -107,7 +107,7 @@ class HandLoop:
 def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, progress_bar: bool) -> dict:
     import lightning.pytorch as pl
 
-    from sparseforge.config.compose import compose_run_config
+    from sparseforge.compose import compose_run_config
     from sparseforge.train import apply_last, build
 
     source, data_dir, x, y = _data(os.environ.get("SPARSEFORGE_DATA_DIR"))

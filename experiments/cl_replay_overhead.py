@@ -59,8 +59,8 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
     """Seconds between consecutive batch ends in task 1 of a 2-task fit."""
     import lightning.pytorch as pl
 
-    from sparseforge.config.compose import compose_run_config
-    from sparseforge.train import apply_last, build
+    from sparseforge.compose import compose_run_config
+    from sparseforge.train import build
 
     ends: list[float] = []
 
@@ -78,7 +78,6 @@ def step_times(model: str, variant: str, batch_size: int, steps: int, out: Path)
         "task_loop.eval_limit_batches=1",
     ]
     cfg = compose_run_config(overrides, out / f"{model}_{variant}_{batch_size}_{time.time_ns()}")
-    apply_last(cfg)
     run = build(cfg)
     run.trainer.callbacks.insert(0, Clock())
     run.trainer.fit(run.method, datamodule=run.datamodule)
@@ -114,7 +113,7 @@ def buffer_bookkeeping(batch_size: int, repeats: int = 300) -> dict:
 
 
 def eval_share(variant: str, out: Path) -> dict:
-    from sparseforge.config.compose import compose_run_config
+    from sparseforge.compose import compose_run_config
     from sparseforge.train import train
 
     cfg = compose_run_config([*common(32), *METHODS[variant]], out / f"eval_share_{variant}")

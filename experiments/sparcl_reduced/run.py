@@ -124,7 +124,7 @@ _labels = None
 
 def run_arm(arm: str, seed: int, args, out: Path) -> dict:
     global _labels
-    from sparseforge.train import apply_last, build, collect_summary
+    from sparseforge.train import build, collect_summary
     from tests.helpers.config import compose_config
 
     run_dir = out / "runs" / f"{arm}_seed{seed}"
@@ -132,7 +132,6 @@ def run_arm(arm: str, seed: int, args, out: Path) -> dict:
     if done.exists() and not args.rerun:
         return json.loads(done.read_text())
     cfg = compose_config([*common(args.data_dir, seed, args.epochs), *ARMS[arm][1]], run_dir)
-    apply_last(cfg)
     run = build(cfg)
     dm = run.datamodule
     _labels = dm.train_data.y

@@ -45,17 +45,6 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def apply_last(cfg: DictConfig) -> None:
-    """Merge ``cfg.apply_last`` over the config, after every group and preset.
-
-    The debug options put their values there: ``+experiment=X`` is appended after ``debug`` in
-    the defaults list, so a preset's ``scenario.epochs_per_task: 200`` would otherwise beat
-    ``debug=fdr``'s 1.
-    """
-    for key, value in (cfg.get("apply_last") or {}).items():
-        OmegaConf.update(cfg, key, value, merge=True)
-
-
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
@@ -217,7 +206,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from sparseforge.utils.io import atomic_write_json
 
     start = time.time()
-    apply_last(cfg)
     run_dir = Path(cfg.paths.output_dir)
     finished = completed_summary(run_dir) if cfg.get("ckpt_path") == "auto" else None
     if finished is not None:  # resuming a finished run (a rerun sweep): nothing is left to train
@@ -322,6 +310,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry (``sparseforge-train``): the same as ``python train.py``."""
+    from sparseforge.compose import register_all
+    from sparseforge.config.overrides import normalise_overrides
+
+    register_all()
+    sys.argv[1:] = normalise_overrides(sys.argv[1:])
     _hydra_main()
 
 

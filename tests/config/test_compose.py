@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparseforge.config import config_dir
-from sparseforge.train import apply_last
 from tests.helpers.config import compose_config
 
 CONFIGS = Path(config_dir())
@@ -76,17 +75,15 @@ def test_discovery_sees_the_groups_of_the_issue():
 @pytest.mark.parametrize("override", OPTIONS)
 def test_every_group_option_composes_and_resolves(override, tmp_path):
     cfg = compose_config([override], output_dir=tmp_path / "run")
-    apply_last(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation must resolve
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
     assert resolved["dataset"]["_target_"] and resolved["model"]["_target_"]
 
 
-def test_presets_are_appended_with_plus():
-    cfg = compose(["+experiment=dense_mnist"])
-    assert cfg.experiment_name == "dense_mnist"
-    with pytest.raises(HydraException, match=r"\+experiment=dense_mnist"):
-        compose(["experiment=dense_mnist"])
+def test_presets_compose_with_or_without_plus():
+    with_plus, without = compose(["+experiment=dense_mnist"]), compose(["experiment=dense_mnist"])
+    assert with_plus.experiment_name == without.experiment_name == "dense_mnist"
+    assert OmegaConf.to_container(with_plus) == OmegaConf.to_container(without)
 
 
 def test_dense_cifar100_is_the_standard_recipe():
@@ -109,11 +106,11 @@ def test_dense_mnist_is_lenet_300_100_on_mnist():
     assert cfg.scenario._target_.endswith("IID")
 
 
-def test_debug_fdr_wins_over_a_preset():
-    """+experiment is appended after debug, so fdr's values must be applied last."""
-    cfg = compose(["+experiment=dense_cifar100", "debug=fdr"])
-    assert cfg.scenario.epochs_per_task == 200  # before train() applies apply_last
-    apply_last(cfg)
+@pytest.mark.parametrize("order", ["preset first", "debug first"])
+def test_debug_fdr_wins_over_a_preset(order):
+    """experiment precedes debug in the defaults list, whatever the command-line order."""
+    overrides = ["+experiment=dense_cifar100", "debug=fdr"]
+    cfg = compose(overrides if order == "preset first" else overrides[::-1])
     assert cfg.scenario.epochs_per_task == 1
     assert cfg.trainer.limit_train_batches == 1 and cfg.trainer.max_epochs is None
 

@@ -16,7 +16,7 @@ BAD = [
     (["sparsity.density=0"], "sparsity.density", "0 < density <= 1"),
     (["sparsity.density=1.5"], "sparsity.density", "0 < density <= 1"),
     (["sparsity.distribution=erdos"], "sparsity.distribution", "uniform, er, erk"),
-    (["sparsity.update_rule=snip"], "sparsity.update_rule", "dense, static, set, rigl, unfired, momentum"),
+    (["sparsity.update_rule=snip"], "sparsity.update_rule", "dense, momentum, rigl, set, static, tdm, unfired"),
     (["sparsity.placement=best"], "sparsity.placement", "random, magnitude"),
     (["sparsity.drop_schedule=exp"], "sparsity.drop_schedule", "constant, cosine, linear"),
     (["sparsity.schedule_scope=epoch"], "sparsity.schedule_scope", "run, task"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from sparseforge.config.compose import compose_run_config
+from sparseforge.compose import compose_run_config
 
 
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:

@@ -290,7 +290,10 @@ class SigtermAtStep(Callback):
 def test_a_preempted_run_says_interrupted_and_resumes_to_completion(tmp_path):
     common = ["logger=none", "scenario=iid", "scenario.epochs_per_task=2", "sparsity=dense"]
     part = tmp_path / "part"
-    sigterm = ["+callbacks.sigterm._target_=tests.test_foundation_train.SigtermAtStep", "+callbacks.sigterm.step=60"]
+    sigterm = [
+        "+callbacks.sigterm._target_=tests.lightning.test_train_inprocess.SigtermAtStep",
+        "+callbacks.sigterm.step=60",
+    ]
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, raised at the next step
         run([*common, *sigterm], part)
     summary = json.loads((part / "summary.json").read_text())

@@ -169,7 +169,7 @@ def test_wandb_gets_task_axis_and_matrix_table(tmp_path):
 def test_bad_inputs_fail_at_start_naming_the_key(tmp_path):
     cases = {
         "method.buffer_size": ["method=er", "method.buffer_size=5000"],  # digits has 1,347 training images
-        "method": ["scenario=task_il", "method._target_=tests.helpers.cl.ClassILOnly"],
+        "method": ["scenario=task_il", "method=finetune", "method._target_=tests.helpers.cl.ClassILOnly"],
         "scenario.n_tasks": ["scenario.n_tasks=3"],
         "scenario.class_order": ["scenario.class_order=[0,1,2,3,4,5,6,7,8,0]"],
     }

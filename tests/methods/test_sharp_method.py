@@ -192,11 +192,17 @@ def test_a_sparsity_method_beside_sharp_is_one_config_error(tmp_path, mnist):
         _run(tmp_path, mnist, ["sparsity=rigl"])
 
 
-def test_bad_choices_name_the_allowed_values(tmp_path, mnist):
-    with pytest.raises(ConfigError, match="conv_early, input"):
-        _run(tmp_path, mnist, ["method.replay_layer=hidden"])
-    with pytest.raises(ConfigError, match="knn, linear"):
-        _run(tmp_path, mnist, ["method.predict_with=softmax"])
+def test_bad_choices_are_refused_while_composing_naming_the_allowed_values(tmp_path, mnist):
+    from hydra.errors import ConfigCompositionException
+
+    for override, allowed in [
+        ("method.replay_layer=hidden", "conv_early, input"),
+        ("method.predict_with=softmax", "knn, linear"),
+    ]:
+        with pytest.raises(ConfigCompositionException) as err:
+            _run(tmp_path, mnist, [override])
+        assert f"expected one of [{allowed}]" in str(err.value.__cause__)
+        assert f"full_key: {override.split('=')[0]}" in str(err.value.__cause__)
 
 
 # -- presets ------------------------------------------------------------------------------------------
@@ -247,7 +253,7 @@ def test_presets_run_end_to_end_on_tiny_data(tmp_path, data_dir, preset):
     # VGG_Small takes seconds per batch on a shared CPU: the CIFAR presets stop after 2 tasks
     tasks = 2 if folder.startswith("cifar") else 5
     cfg = compose_config(
-        [f"+experiment={preset}", "debug=fdr", f"+apply_last.trainer.max_epochs={tasks}"]
+        [f"+experiment={preset}", "debug=fdr", f"trainer.max_epochs={tasks}"]
         + [f"dataset.root={data_dir}", "dataset.download=false", *extra],
         output_dir=tmp_path / "run",
     )

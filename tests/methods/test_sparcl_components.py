@@ -178,7 +178,7 @@ def test_tdm_state_resumes_to_the_same_updates():
 )
 def test_bad_tdm_options_name_the_key(tdm, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        SparsityOptions(update_rule="tdm", density=0.25, tdm={**RELEASE_TDM, **tdm})
+        SparsityOptions.from_values(dict(update_rule="tdm", density=0.25, tdm={**RELEASE_TDM, **tdm}))
 
 
 # -- DGM ---------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_dgm_keeps_exactly_the_top_gradients_among_active_weights(case):
 def test_release_semantics_80_percent_of_active_weights_at_density_025():
     model = nn.Sequential(nn.Linear(40, 100, bias=False))  # 4000 weights, 1000 active
     sp = Sparsifier(model, update_rule="static", density=0.25, distribution="uniform", account_flops=False)
-    sp.gradient_policy = DynamicGradientMasking(gradient_sparsity=0.8)
+    sp.gradient_policy = DynamicGradientMasking(gradient_sparsity=0.8, refresh_every=30)
     model(torch.randn(5, 40)).sum().backward()
     sp.before_optimizer_step()
     assert int(sp.masks.grad_masks["0"].sum()) == 800  # 20% of the layer = 80% of the active weights
@@ -361,4 +361,4 @@ def test_ddr_state_round_trip_continues_identically():
 )
 def test_bad_ddr_options_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"method.ddr.{key}"):
-        DataRemoval(**kwargs)
+        DataRemoval(**{"removal_epochs": [5, 10, 15, 20], "remove_fraction": 0.3, **kwargs})

@@ -59,8 +59,10 @@ def test_completed_summary_reads_status(tmp_path):
 def test_expand_is_hydras_cartesian_product():
     points = expand(["+experiment=dense_mnist", "sparsity.density=0.05,0.1", "seed=range(0,3)"])
     assert len(points) == 6
-    assert points[0] == ["+experiment=dense_mnist", "sparsity.density=0.05", "seed=0"]
-    assert points[-1] == ["+experiment=dense_mnist", "sparsity.density=0.1", "seed=2"]
+    # +experiment=X is the same point as experiment=X (the preset group has a null default)
+    assert points[0] == ["experiment=dense_mnist", "sparsity.density=0.05", "seed=0"]
+    assert points[-1] == ["experiment=dense_mnist", "sparsity.density=0.1", "seed=2"]
+    assert expand(["experiment=dense_mnist", "sparsity.density=0.05,0.1", "seed=range(0,3)"]) == points
     assert expand(["a=1"]) == [["a=1"]]
 
 

@@ -137,120 +137,6 @@ class TaskLoopConfig:
     heatmap: bool = True  # acc_matrix.png in the run directory
 
 
-# -- methods -------------------------------------------------------------------------------------
-@dataclass
-class SharpMethodConfig:
-    """SHARP (configs/method/sharp.yaml); defaults are the authors' Split-MNIST settings."""
-
-    _target_: str = "sparseforge.methods.sharp.Sharp"
-    density: float = 0.4
-    dense_first_conv: bool = True
-    phase_epochs: int = 3
-    max_phases: int = 10
-    tau_param: float = 30.0
-    min_activation_perc: float = 90.0
-    selection_samples: int = 1024
-    stm_per_class: int = 25
-    stm_num_tasks: int = 1
-    ltm_per_class: int = 25
-    knn_k: int = 5
-    temperature: float = 0.1
-    batch_size_memory: Optional[int] = None
-    reinit_idle: bool = True
-    regrow_into_training: bool = True
-    replay_layer: str = "conv_early"
-    predict_with: str = "knn"
-    augment: bool = False
-    l2: float = 0.0
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-# -- continual-learning baselines (configs/method/) ----------------------------------------------
-class BufferPolicy(str, Enum):
-    reservoir = "reservoir"
-    class_balanced = "class_balanced"
-
-
-@dataclass
-class FinetuneMethodConfig:
-    _target_: str = "sparseforge.methods.Finetune"
-    lr_scheduler_interval: str = "epoch"
-
-
-@dataclass
-class JointMethodConfig(FinetuneMethodConfig):
-    _target_: str = "sparseforge.methods.Joint"
-
-
-@dataclass
-class ERMethodConfig(FinetuneMethodConfig):
-    _target_: str = "sparseforge.methods.ER"
-    buffer_size: int = 500
-    minibatch_size: int = "${data.batch_size}"  # type: ignore[assignment]
-    buffer_policy: BufferPolicy = BufferPolicy.reservoir
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class ERACEMethodConfig(ERMethodConfig):
-    _target_: str = "sparseforge.methods.ERACE"
-
-
-@dataclass
-class DERMethodConfig(ERMethodConfig):
-    _target_: str = "sparseforge.methods.DER"
-    alpha: float = 0.3
-
-
-@dataclass
-class DERPPMethodConfig(DERMethodConfig):
-    _target_: str = "sparseforge.methods.DERPP"
-    alpha: float = 0.2
-    beta: float = 0.5
-
-
-# -- SparCL (configs/method/sparcl.yaml; TDM is the sparsity rule in configs/sparsity/sparcl.yaml) -
-class SparCLBase(str, Enum):
-    derpp = "derpp"
-    er = "er"
-
-
-class DGMRelativeTo(str, Enum):
-    layer = "layer"  # gradient_sparsity is a fraction of the layer's entries (the release)
-    active = "active"  # ... of the layer's active weights
-
-
-@dataclass
-class SparCLDDRConfig:
-    """Dynamic data removal: sparseforge.continual.data_removal.DataRemoval."""
-
-    enabled: bool = True
-    removal_epochs: List[int] = field(default_factory=lambda: [5, 10, 15, 20])
-    remove_fraction: float = 0.3
-
-
-@dataclass
-class SparCLDGMConfig:
-    """Dynamic gradient masking: sparseforge.sparsity.gradient_masking.DynamicGradientMasking."""
-
-    enabled: bool = True
-    gradient_sparsity: float = 0.8
-    relative_to: DGMRelativeTo = DGMRelativeTo.layer
-    refresh_every: int = 30
-
-
-@dataclass
-class SparCLMethodConfig(DERPPMethodConfig):
-    _target_: str = "sparseforge.methods.sparcl.SparCL"
-    base: SparCLBase = SparCLBase.derpp
-    alpha: float = 0.1  # DER++ only
-    beta: float = 0.5  # DER++ only
-    restrict_current_ce: bool = True
-    replay_first_task: bool = False
-    ddr: SparCLDDRConfig = field(default_factory=SparCLDDRConfig)
-    dgm: SparCLDGMConfig = field(default_factory=SparCLDGMConfig)
-
-
 # -- N:M sparsity (configs/sparsity/nm.yaml; see sparseforge.sparsity.nm) --------------------------
 class NMMode(str, Enum):
     ste = "ste"
@@ -325,50 +211,6 @@ class NMSparsityConfig:
     export: bool = True
 
 
-# -- sparsity (configs/sparsity/: dense, static, set, rigl) ---------------------------------------
-@dataclass
-class TDMRuleConfig:
-    """SparCL's task-aware dynamic masking, sparseforge.sparsity.rules.tdm.TDMSchedule."""
-
-    every_epochs: int = 5
-    phase_epochs: List[int] = field(default_factory=lambda: [5, 45])
-    prune_offsets: List[float] = field(default_factory=lambda: [0.0, -0.01, 0.0])
-    grow_offsets: List[float] = field(default_factory=lambda: [0.01, 0.0, 0.0])
-    grad_weight: float = 0.5
-    grad_source: str = "post_dgm"  # post_dgm | pre_dgm
-
-
-@dataclass
-class SparsityConfig:
-    """sparseforge.lightning.sparsity_callback.SparsityCallback. Enum-like values (update_rule,
-    distribution, placement, drop_schedule, schedule_scope) and ranges are checked by its
-    constructor, which names the key and the allowed values in one line."""
-
-    _target_: str = "sparseforge.lightning.sparsity_callback.SparsityCallback"
-    update_rule: str = "rigl"  # dense | static | set | rigl | unfired | momentum | tdm
-    density: float = 0.1  # non-zeros / weights of the sparse layers
-    distribution: str = "erk"  # uniform | er | erk
-    erk_power_scale: float = 1.0
-    dense_first_layer: bool = False
-    dense_last_layer: bool = False
-    include: Optional[List[str]] = None  # module-name patterns (fnmatch)
-    exclude: Optional[List[str]] = None
-    placement: str = "random"  # random | magnitude
-    rescale_init: bool = False  # initial weights x 1/sqrt(layer density)
-    delta_t: int = 100  # optimizer steps between topology updates
-    drop_fraction: float = 0.3
-    drop_schedule: str = "cosine"  # constant | cosine | linear
-    end_fraction: float = 0.75
-    schedule_scope: str = "run"  # run | task
-    regrow_dropped: bool = False
-    momentum_decay: float = 0.9
-    seed: int = "${seed}"  # type: ignore[assignment]
-    check_every_update: bool = True
-    plot: bool = True
-    log_layers: bool = True
-    tdm: Optional[TDMRuleConfig] = None  # options of update_rule=tdm (configs/sparsity/sparcl.yaml)
-
-
 # -- trainer -------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
@@ -405,7 +247,6 @@ def register_schemas() -> None:
         ("optimizer", "adadelta", AdadeltaConfig),
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
-        ("sparsity", "sparse", SparsityConfig),
         ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
         ("sparsity", "nm", NMSparsityConfig),
         ("data", "default", DataConfig),
@@ -413,15 +254,7 @@ def register_schemas() -> None:
         ("scenario", "class_il", ClassILScenarioConfig),
         ("scenario", "task_il", TaskILScenarioConfig),
         ("scenario", "blurry", BlurryScenarioConfig),
-        ("method", "finetune", FinetuneMethodConfig),
-        ("method", "joint", JointMethodConfig),
-        ("method", "er", ERMethodConfig),
-        ("method", "er_ace", ERACEMethodConfig),
-        ("method", "der", DERMethodConfig),
-        ("method", "derpp", DERPPMethodConfig),
-        ("method", "sparcl", SparCLMethodConfig),
         ("task_loop", "default", TaskLoopConfig),
-        ("method", "sharp", SharpMethodConfig),
         ("trainer", "default", TrainerConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)

@@ -41,8 +41,8 @@ NEVER_LEARNED = torch.iinfo(torch.int32).max
 class DataRemoval:
     def __init__(
         self,
-        removal_epochs: Sequence[int] = (5, 10, 15, 20),
-        remove_fraction: float = 0.3,
+        removal_epochs: Sequence[int],
+        remove_fraction: float,
         seed: int = 0,
         config_prefix: str = "method.ddr",
     ):

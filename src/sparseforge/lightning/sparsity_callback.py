@@ -19,17 +19,20 @@ task loop re-creates at every task boundary is always the one whose state gets r
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
-from collections.abc import Sequence
+import typing
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 
+from sparseforge.config.structured import schema_of, store_schema
 from sparseforge.errors import ConfigError
 from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
-from sparseforge.sparsity.options import SparsityOptions
+from sparseforge.sparsity.options import SparsityOptions, rule_class
+from sparseforge.sparsity.rules import RULES
 from sparseforge.sparsity.sparsifier import Sparsifier
 from sparseforge.sparsity.targets import prunable_layers, select_layers
 
@@ -37,53 +40,14 @@ log = logging.getLogger("sparseforge")
 
 
 class SparsityCallback(pl.Callback):
-    def __init__(
-        self,
-        update_rule: str = "rigl",
-        density: float = 0.1,
-        distribution: str = "erk",
-        erk_power_scale: float = 1.0,
-        dense_first_layer: bool = False,
-        dense_last_layer: bool = False,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
-        placement: str = "random",
-        rescale_init: bool = False,
-        delta_t: int = 100,
-        drop_fraction: float = 0.3,
-        drop_schedule: str = "cosine",
-        end_fraction: float = 0.75,
-        schedule_scope: str = "run",
-        regrow_dropped: bool = False,
-        momentum_decay: float = 0.9,
-        seed: int = 0,
-        check_every_update: bool = True,
-        plot: bool = True,
-        log_layers: bool = True,
-        tdm: dict[str, Any] | None = None,
-    ):
-        self.options = SparsityOptions(
-            update_rule=update_rule,
-            density=density,
-            distribution=distribution,
-            erk_power_scale=erk_power_scale,
-            dense_first_layer=dense_first_layer,
-            dense_last_layer=dense_last_layer,
-            include=list(include) if include is not None else None,
-            exclude=list(exclude) if exclude is not None else None,
-            placement=placement,
-            rescale_init=rescale_init,
-            delta_t=delta_t,
-            drop_fraction=drop_fraction,
-            drop_schedule=drop_schedule,
-            end_fraction=end_fraction,
-            schedule_scope=schedule_scope,
-            regrow_dropped=regrow_dropped,
-            momentum_decay=momentum_decay,
-            seed=seed,
-            check_every_update=check_every_update,
-            tdm=dict(tdm) if tdm is not None else None,
-        )
+    """The ``sparsity`` config group: its node is handed to the engine whole.
+
+    ``plot`` and ``log_layers`` are the callback's own (reporting); every other key is a setting
+    of the engine or of the chosen update rule (``SparsityOptions.from_values``).
+    """
+
+    def __init__(self, plot: bool = True, log_layers: bool = True, **options: Any):
+        self.options = SparsityOptions.from_values(options)
         self.plot = plot
         self.log_layers = log_layers
         self.sparsifier: Sparsifier | None = None
@@ -256,7 +220,7 @@ class SparsityCallback(pl.Callback):
                 steps=sp.step,
             )
             if sp.rule.trigger == "epoch":
-                sparsity.update(tdm=dataclasses.asdict(sp.rule.schedule), regrow_dropped=o.regrow_dropped)
+                sparsity.update(tdm=dataclasses.asdict(sp.rule.schedule), regrow_dropped=o.rule.regrow_dropped)
             elif sp.rule.changes_topology:
                 sparsity.update(
                     delta_t=o.delta_t,
@@ -308,3 +272,29 @@ def check_sparsity_contract(method: pl.LightningModule, sparse: bool) -> None:
             f"method={name} builds on the sparsity engine's masks, but this sparsity group has none",
             "a sparse group, e.g. sparsity=sparcl",
         )
+
+
+def register_sparsity_schemas() -> None:
+    """``schema/sparsity/<rule>`` for ``dense`` and every registered rule: the engine's settings,
+    the rule's own and the callback's reporting switches, so ``configs/sparsity/<rule>.yaml``
+    holds only what differs from the defaults and a key of another rule is refused while
+    composing."""
+    hints = typing.get_type_hints(SparsityCallback.__init__)
+    reporting = {
+        name: (hints.get(name, Any), param.default)
+        for name, param in inspect.signature(SparsityCallback.__init__).parameters.items()
+        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
+    }
+    target = f"{SparsityCallback.__module__}.{SparsityCallback.__qualname__}"
+    for name in ["dense", *RULES.names()]:
+        rule_options = rule_class(name).Options
+        defaults = {"update_rule": name, "seed": "${seed}"} | ({"density": 1.0} if name == "dense" else {})
+        schema = schema_of(
+            (SparsityOptions, rule_options),
+            target=target,
+            extra=reporting,
+            defaults=defaults,
+            name=f"{name}SparsityConfig",
+            exclude=("rule",),
+        )
+        store_schema("sparsity", name, schema)

@@ -1,6 +1,10 @@
-"""Methods: one small LightningModule per method, all extending :class:`ContinualMethod`."""
+"""Methods: one small LightningModule per method, all extending :class:`ContinualMethod`.
 
-from sparseforge.methods.base import ContinualMethod
+Each registers itself in ``METHODS`` (``@METHODS.register("name")``), which also stores the Hydra
+schema of ``configs/method/<name>.yaml`` generated from the method's ``Options``.
+"""
+
+from sparseforge.methods.base import METHODS, ContinualMethod
 from sparseforge.methods.der import DER
 from sparseforge.methods.derpp import DERPP
 from sparseforge.methods.er import ER
@@ -8,5 +12,19 @@ from sparseforge.methods.er_ace import ERACE
 from sparseforge.methods.finetune import Finetune
 from sparseforge.methods.joint import Joint
 from sparseforge.methods.replay import ReplayMethod
+from sparseforge.methods.sharp import Sharp
+from sparseforge.methods.sparcl import SparCL
 
-__all__ = ["ContinualMethod", "DER", "DERPP", "ER", "ERACE", "Finetune", "Joint", "ReplayMethod"]
+__all__ = [
+    "METHODS",
+    "ContinualMethod",
+    "DER",
+    "DERPP",
+    "ER",
+    "ERACE",
+    "Finetune",
+    "Joint",
+    "ReplayMethod",
+    "Sharp",
+    "SparCL",
+]

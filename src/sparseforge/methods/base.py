@@ -7,6 +7,9 @@ Avalanche's before/after hooks):
 - ``begin_task(task)`` / ``end_task(task)``: called by the task loop at task boundaries;
 - ``training_indices(task, tasks)``: which training examples this task trains on;
 - ``predict_scores(x)``: class scores used for evaluation (default: the model's logits);
+- ``Options``: the method's settings, one dataclass next to it (extend the parent's); the
+  constructor builds ``self.options`` from its keyword arguments, unknown keys are errors, and
+  the Hydra schema of ``configs/method/<name>.yaml`` is generated from it (``METHODS.register``);
 - ``check_setup(datamodule)``: pre-flight checks against the scenario and data, run by
   ``train.build`` before anything is written (raise ``ConfigError``);
 - ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
@@ -35,6 +38,8 @@ Everything else (optimizers from config, logging, the task loop, sparsity) is sh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property, partial
 from typing import Any, ClassVar
 
@@ -45,6 +50,16 @@ from torch import nn
 
 from sparseforge.continual.scenarios import Task
 from sparseforge.errors import ConfigError
+from sparseforge.options import build_options
+from sparseforge.registry import Registry
+
+#: name -> method class; registering also stores the schema of configs/method/<name>.yaml.
+METHODS: Registry = Registry("method", "method", schema_group="method")
+
+
+class SchedulerInterval(str, Enum):
+    epoch = "epoch"
+    step = "step"
 
 
 class ContinualMethod(pl.LightningModule):
@@ -54,19 +69,22 @@ class ContinualMethod(pl.LightningModule):
     supports_task_il: ClassVar[bool] = True
     #: How the method relates to the sparsity engine's masks: "any" | "engine" | "own" (see above).
     sparsity_masks: ClassVar[str] = "any"
+    #: Defaults of the generated config schema that point at other config keys.
+    config_wiring: ClassVar[dict[str, str]] = {"seed": "${seed}"}
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: partial,
-        lr_scheduler: partial | None = None,
-        lr_scheduler_interval: str = "epoch",
-    ):
+    @dataclass
+    class Options:
+        #: When the learning-rate scheduler steps: every epoch or every optimizer step.
+        lr_scheduler_interval: SchedulerInterval = SchedulerInterval.epoch
+        #: Seeds the method's own random choices (identical on every DDP rank); configs: ${seed}.
+        seed: int = 0
+
+    def __init__(self, model: nn.Module, optimizer: partial, lr_scheduler: partial | None = None, **options: Any):
         super().__init__()
+        self.options = build_options(self.Options, options, "method")
         self.model = model
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.lr_scheduler_interval = lr_scheduler_interval
         self.current_task = 0
         self.train_accuracy = None  # created on first use, when the number of classes is known
         self.sparsifier = None  # the run's Sparsifier, handed over by the glue (attach_sparsifier)
@@ -180,7 +198,7 @@ class ContinualMethod(pl.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.options.lr_scheduler_interval.value},
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

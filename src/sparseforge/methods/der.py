@@ -2,18 +2,22 @@
 example when it was stored (training mode, augmented input, as Mammoth), and an MSE term pulls
 today's logits on a re-augmented buffer draw towards them: ``CE + alpha * MSE``."""
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
+from sparseforge.methods.base import METHODS
 from sparseforge.methods.replay import ReplayMethod
 
 
+@METHODS.register("der")
 class DER(ReplayMethod):
-    name = "der"
     store_logits = True
 
-    def __init__(self, *args, alpha: float = 0.3, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha = float(alpha)
+    @dataclass
+    class Options(ReplayMethod.Options):
+        #: Weight of the logit-matching MSE term (Mammoth's seq-CIFAR-10 value for buffer 500).
+        alpha: float = 0.3
 
     def observe(self, batch):
         draws = self.replay_draws()
@@ -32,4 +36,4 @@ class DER(ReplayMethod):
 
     def replay_loss(self, draws, logits):
         (draw,), (out,) = draws, logits
-        return self.alpha * F.mse_loss(out, draw.logits)
+        return self.options.alpha * F.mse_loss(out, draw.logits)

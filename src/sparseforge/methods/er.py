@@ -4,12 +4,12 @@ draw are concatenated into one cross-entropy batch; the buffer is filled by rese
 import torch
 import torch.nn.functional as F
 
+from sparseforge.methods.base import METHODS
 from sparseforge.methods.replay import ReplayMethod
 
 
+@METHODS.register("er")
 class ER(ReplayMethod):
-    name = "er"
-
     def observe(self, batch):
         x, y = batch.x, batch.y
         replayed = self.replay()

@@ -19,13 +19,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from sparseforge.methods.base import METHODS
 from sparseforge.methods.replay import ReplayMethod
 from sparseforge.utils.distributed import world_size
 
 
+@METHODS.register("er_ace")
 class ERACE(ReplayMethod):
-    name = "er_ace"
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.seen_classes: torch.Tensor | None = None  # one bool per class, made on the first batch

@@ -1,7 +1,8 @@
 """Finetune: plain training on each task in turn. The lower bound of continual learning."""
 
-from sparseforge.methods.base import ContinualMethod
+from sparseforge.methods.base import METHODS, ContinualMethod
 
 
+@METHODS.register("finetune")
 class Finetune(ContinualMethod):
-    name = "finetune"
+    pass

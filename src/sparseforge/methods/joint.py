@@ -2,12 +2,11 @@
 
 import torch
 
-from sparseforge.methods.base import ContinualMethod
+from sparseforge.methods.base import METHODS, ContinualMethod
 
 
+@METHODS.register("joint")
 class Joint(ContinualMethod):
-    name = "joint"
-
     def training_indices(self, task, tasks):
         # unique: in a blurry stream a class (and its images) recurs across tasks.
         return torch.unique(torch.cat([t.train_index for t in tasks[: task.id + 1]]))

@@ -12,6 +12,8 @@ of a common draw. The checkpoint (written by rank 0) therefore restores every ra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -19,6 +21,7 @@ import torch
 from sparseforge.continual.buffer import ReplayBuffer
 from sparseforge.errors import ConfigError
 from sparseforge.methods.base import ContinualMethod
+from sparseforge.options import check
 from sparseforge.utils.distributed import gather_cat, world_size
 
 
@@ -29,33 +32,42 @@ class ReplayBatch(NamedTuple):
     logits: torch.Tensor | None  # stored logits (DER, DER++), else None
 
 
+class BufferPolicy(str, Enum):
+    reservoir = "reservoir"
+    class_balanced = "class_balanced"
+
+
 class ReplayMethod(ContinualMethod):
     #: Whether the buffer also stores the logits of the current batch (DER, DER++).
     store_logits: ClassVar[bool] = False
+    config_wiring = {**ContinualMethod.config_wiring, "minibatch_size": "${data.batch_size}"}
 
-    def __init__(
-        self,
-        model,
-        optimizer,
-        lr_scheduler=None,
-        lr_scheduler_interval: str = "epoch",
-        buffer_size: int = 500,
-        minibatch_size: int = 32,
-        buffer_policy: str = "reservoir",
-        seed: int = 0,
-    ):
-        super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
-        if int(minibatch_size) < 1:
-            raise ConfigError("method.minibatch_size", f"must be >= 1, got {minibatch_size}")
-        self.minibatch_size = int(minibatch_size)
-        self.buffer = ReplayBuffer(buffer_size, buffer_policy, store_logits=self.store_logits, seed=seed)
+    @dataclass
+    class Options(ContinualMethod.Options):
+        #: Examples the buffer holds (Mammoth's usual 500).
+        buffer_size: int = 500
+        #: Examples per buffer draw; the configs set it to data.batch_size (Mammoth's convention).
+        minibatch_size: int = 32
+        #: reservoir: every example of the stream equally likely to stay; class_balanced: equal
+        #: shares per seen class.
+        buffer_policy: BufferPolicy = BufferPolicy.reservoir
+
+        def __post_init__(self) -> None:
+            check("method.minibatch_size", self.minibatch_size >= 1, f"must be >= 1, got {self.minibatch_size}")
+
+    def __init__(self, model, optimizer, lr_scheduler=None, **options):
+        super().__init__(model, optimizer, lr_scheduler, **options)
+        o = self.options
+        self.buffer = ReplayBuffer(o.buffer_size, o.buffer_policy.value, store_logits=self.store_logits, seed=o.seed)
 
     # -- the two verbs ---------------------------------------------------------------------------------
     def replay(self) -> ReplayBatch | None:
         """A re-augmented draw of ``minibatch_size`` stored examples, or None while the buffer is empty."""
         if self.buffer.is_empty:
             return None
-        drawn = self.buffer.sample(self.minibatch_size, rank=self.global_rank, world_size=self.trainer.world_size)
+        drawn = self.buffer.sample(
+            self.options.minibatch_size, rank=self.global_rank, world_size=self.trainer.world_size
+        )
         return ReplayBatch(self.datamodule.augment(drawn.raw), drawn.y, drawn.task, drawn.logits)
 
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:

@@ -32,56 +32,84 @@ charged to the reference only (``FlopsAccountant.charge_reference_only``), so
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
 
 from sparseforge.continual.data_removal import DataRemoval
 from sparseforge.errors import ConfigError
+from sparseforge.methods.base import METHODS
 from sparseforge.methods.derpp import DERPP
 from sparseforge.methods.er import ER
+from sparseforge.options import build_options
 from sparseforge.sparsity.gradient_masking import DynamicGradientMasking
 from sparseforge.utils.distributed import gather_cat, world_size
 
 log = logging.getLogger("sparseforge")
 
-BASES = ("derpp", "er")
+
+class DGMRelativeTo(str, Enum):
+    layer = "layer"  # gradient_sparsity is a fraction of the layer's entries (the release)
+    active = "active"  # ... of the layer's active weights
+
+
+@dataclass
+class DDROptions:
+    """Dynamic data removal (``sparseforge.continual.data_removal``), the release's values."""
+
+    enabled: bool = True
+    #: Epochs within each task at which the least-forgotten examples are removed, in equal steps.
+    removal_epochs: list[int] = field(default_factory=lambda: [5, 10, 15, 20])
+    #: Of the task's training examples, in total (3000 of 10000 per CIFAR-10 task).
+    remove_fraction: float = 0.3
+
+
+@dataclass
+class DGMOptions:
+    """Dynamic gradient masking (``sparseforge.sparsity.gradient_masking``), the release's values."""
+
+    enabled: bool = True
+    #: Keep the top (1 - gradient_sparsity) of the layer's entries (or of its active weights,
+    #: ``relative_to: active``) by |g| among active weights.
+    gradient_sparsity: float = 0.8
+    relative_to: DGMRelativeTo = DGMRelativeTo.layer
+    #: Optimizer steps between refreshes of the gradient mask; the counter restarts every epoch.
+    refresh_every: int = 30
+
+
+@dataclass
+class SparCLOptions:
+    """What SparCL adds to its base method's options."""
+
+    #: The current batch's cross-entropy over the current task's classes only (--use_cl_mask).
+    restrict_current_ce: bool = True
+    #: The release replays only from the second task on; DER++/ER (Mammoth) replay in task 0 too.
+    replay_first_task: bool = False
+    ddr: DDROptions = field(default_factory=DDROptions)
+    dgm: DGMOptions = field(default_factory=DGMOptions)
 
 
 class SparCLMixin:
     """SparCL on top of a replay method (DER++ or ER); see the module docstring."""
 
+    name = "sparcl"  # both bases answer to method=sparcl (the factory ``SparCL`` below)
+
     #: Buffer draws per training step of the base method (for the dense reference).
     replay_draws_per_step: ClassVar[int] = 1
     sparsity_masks = "engine"  # TDM and DGM act on the sparsity engine's masks
 
-    def __init__(
-        self,
-        *args,
-        restrict_current_ce: bool = True,
-        replay_first_task: bool = False,
-        ddr: dict[str, Any] | None = None,
-        dgm: dict[str, Any] | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.restrict_current_ce = bool(restrict_current_ce)
-        self.current_ce_classes = "task" if self.restrict_current_ce else "all"
-        self.replay_first_task = bool(replay_first_task)
-        ddr, dgm = dict(ddr or {}), dict(dgm or {})
-        seed = int(kwargs.get("seed", 0))
+        o = self.options
+        self.current_ce_classes = "task" if o.restrict_current_ce else "all"
         self.data_removal = (
-            DataRemoval(ddr.get("removal_epochs", (5, 10, 15, 20)), ddr.get("remove_fraction", 0.3), seed=seed)
-            if ddr.get("enabled", True)
-            else None
+            DataRemoval(o.ddr.removal_epochs, o.ddr.remove_fraction, seed=o.seed) if o.ddr.enabled else None
         )
         self.gradient_masking = (
-            DynamicGradientMasking(
-                dgm.get("gradient_sparsity", 0.8),
-                dgm.get("refresh_every", 30),
-                getattr(dgm.get("relative_to", "layer"), "value", dgm.get("relative_to", "layer")),
-            )
-            if dgm.get("enabled", True)
+            DynamicGradientMasking(o.dgm.gradient_sparsity, o.dgm.refresh_every, o.dgm.relative_to.value)
+            if o.dgm.enabled
             else None
         )
         self.density_history: list[dict[str, Any]] = []  # per epoch: task, epoch, sparse-layer density
@@ -123,7 +151,7 @@ class SparCLMixin:
         return self.data_removal.indices(task.id, index, epoch_in_task, n_examples)
 
     def replay(self):
-        if self.current_task == 0 and not self.replay_first_task:
+        if self.current_task == 0 and not self.options.replay_first_task:
             return None
         replayed = super().replay()
         if replayed is not None:
@@ -199,7 +227,9 @@ class SparCLMixin:
         if buffer_len == 0:
             return 0
         world, rank = self.trainer.world_size, self.global_rank
-        return self.replay_draws_per_step * len(range(rank, min(self.minibatch_size * world, buffer_len), world))
+        return self.replay_draws_per_step * len(
+            range(rank, min(self.options.minibatch_size * world, buffer_len), world)
+        )
 
     def _reference_batches(self, n_examples: int) -> list[int]:
         """Batch sizes of one epoch over ``n_examples`` on this rank, as the trainer would run it."""
@@ -246,8 +276,8 @@ class SparCLMixin:
         section = super().summary_section(trainer)
         sparcl: dict[str, Any] = {
             "base": self.base_name,
-            "restrict_current_ce": self.restrict_current_ce,
-            "replay_first_task": self.replay_first_task,
+            "restrict_current_ce": self.options.restrict_current_ce,
+            "replay_first_task": self.options.replay_first_task,
             "tdm": self.sparsifier is not None
             and self.sparsifier.rule is not None
             and self.sparsifier.rule.name == "tdm",
@@ -281,22 +311,43 @@ class SparCLMixin:
 
 
 class SparCLDERPP(SparCLMixin, DERPP):
-    name = "sparcl"
     base_name = "derpp"
     replay_draws_per_step = 2  # the logit (MSE) draw and the label (CE) draw
 
+    @dataclass
+    class Options(SparCLOptions, DERPP.Options):
+        alpha: float = 0.1  # the release's DER++ logit-MSE weight (Mammoth's tuned value: 0.2)
+
 
 class SparCLER(SparCLMixin, ER):
-    name = "sparcl"
     base_name = "er"
-    replay_draws_per_step = 1
+
+    @dataclass
+    class Options(SparCLOptions, ER.Options):
+        pass
 
 
-def SparCL(*args, base: str = "derpp", alpha: float = 0.1, beta: float = 0.5, **kwargs):
-    """Build SparCL on ``base`` (the ``_target_`` of configs/method/sparcl.yaml)."""
-    base = getattr(base, "value", base)
-    if base == "derpp":
-        return SparCLDERPP(*args, alpha=alpha, beta=beta, **kwargs)
-    if base == "er":  # alpha and beta are DER++'s: ER has no logit or buffer-CE term
-        return SparCLER(*args, **kwargs)
-    raise ConfigError("method.base", f"unknown value {base!r}", ", ".join(BASES))
+class SparCLBase(str, Enum):
+    derpp = "derpp"
+    er = "er"
+
+
+@dataclass
+class SparCLConfigOptions(SparCLDERPP.Options):
+    #: The base method: derpp (the release) | er (the release's ER path crashes; ours runs).
+    base: SparCLBase = SparCLBase.derpp
+
+
+def SparCL(model, optimizer, lr_scheduler=None, **options):
+    """``method=sparcl``: SparCL on DER++ (``base: derpp``) or ER (``base: er``)."""
+    base = build_options(SparCLConfigOptions, options, "method").base
+    options.pop("base", None)
+    if base is SparCLBase.er:  # alpha and beta are DER++'s: ER has no logit or buffer-CE term
+        options = {k: v for k, v in options.items() if k not in ("alpha", "beta")}
+    cls = SparCLDERPP if base is SparCLBase.derpp else SparCLER
+    return cls(model, optimizer, lr_scheduler, **options)
+
+
+SparCL.Options = SparCLConfigOptions
+SparCL.config_wiring = SparCLDERPP.config_wiring
+METHODS.register("sparcl")(SparCL)

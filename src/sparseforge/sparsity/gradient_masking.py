@@ -42,8 +42,8 @@ RELATIVE_TO = ("layer", "active")
 class DynamicGradientMasking:
     def __init__(
         self,
-        gradient_sparsity: float = 0.8,
-        refresh_every: int = 30,
+        gradient_sparsity: float,
+        refresh_every: int,
         relative_to: str = "layer",
         config_prefix: str = "method.dgm",
     ):

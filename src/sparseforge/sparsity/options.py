@@ -1,21 +1,26 @@
-"""Every knob of the sparsity engine in one validated dataclass.
+"""The sparsity engine's settings: one validated dataclass, plus the chosen rule's ``Options``.
 
-The Hydra group ``sparsity`` maps 1:1 onto these fields (through ``SparsityCallback``), and a
-hand-written loop passes the same names to ``Sparsifier``. Validation raises ``ConfigError``
-naming ``sparsity.<field>`` and the allowed values, so a bad value is one line before training.
+The Hydra group ``sparsity`` maps 1:1 onto these fields and the rule's (through
+``SparsityCallback``, which hands its node over whole), and a hand-written loop passes the same
+names to ``Sparsifier``. ``SparsityOptions.from_values`` splits a flat mapping into the engine's
+fields and the rule's; an unknown key or a bad value is one ``ConfigError`` line naming
+``sparsity.<key>``, the closest valid key and the allowed values, before training.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sparseforge.errors import ConfigError
-from sparseforge.sparsity.rules import RULES
+from sparseforge.options import as_plain, build_options, unknown_key_error
+from sparseforge.sparsity.rules import RULES, UpdateRule
 
-UPDATE_RULES = ("dense", *RULES)  # a rule registered in RULES is a valid update_rule
+log = logging.getLogger("sparseforge")
 DISTRIBUTIONS = ("uniform", "er", "erk")
 PLACEMENTS = ("random", "magnitude")
 DROP_SCHEDULES = ("constant", "cosine", "linear")
@@ -50,24 +55,55 @@ class SparsityOptions:
     end_fraction: float = 0.75
     #: run: one schedule over the whole run; task: the schedule restarts at every task.
     schedule_scope: str = "run"
-    #: Whether a weight dropped in an update may be regrown in the same update.
-    regrow_dropped: bool = False
-    #: EMA decay of the dense gradient used by the momentum growth rule.
-    momentum_decay: float = 0.9
     seed: int = 0
     #: Verify exact counts, zero pruned weights and rank agreement after every mask change.
     check_every_update: bool = True
-    #: Options of the tdm rule (``sparseforge.sparsity.rules.tdm.TDMSchedule`` fields); ignored by
-    #: the other rules.
-    tdm: Mapping[str, Any] | None = None
+    #: The update rule's own settings (its ``Options``; e.g. ``regrow_dropped``, ``momentum_decay``,
+    #: ``tdm``). Built by ``from_values`` from the same flat mapping.
+    rule: Any = None
 
     def __post_init__(self) -> None:
-        if self.tdm is not None:  # plain values (a Hydra node would not load from a weights-only checkpoint)
-            self.tdm = {
-                str(k): list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
-                for k, v in self.tdm.items()
-            }
         self.validate()
+        rule_options = rule_class(self.update_rule).Options
+        if self.rule is None or isinstance(self.rule, Mapping):
+            self.rule = build_options(rule_options, self.rule, "sparsity")
+        elif not isinstance(self.rule, rule_options):
+            raise TypeError(f"rule options {type(self.rule).__name__} do not belong to update_rule={self.update_rule}")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any] | None = None, prefix: str = "sparsity") -> SparsityOptions:
+        """Options from one flat mapping (a Hydra node, keyword arguments): the engine's fields
+        and the chosen rule's. Keys of other registered rules are ignored (say, ``tdm`` after
+        ``sparsity.update_rule=static``); keys no rule knows are errors."""
+        values = dict(values or {})
+        name = values.get("update_rule", cls.update_rule)
+        rule_cls = rule_class(str(getattr(name, "value", name)), prefix)
+        own = {f.name for f in fields(cls)} - {"rule"}
+        mine = {f.name for f in fields(rule_cls.Options)}
+        others = {f.name for _, r in RULES.items() for f in fields(r.Options)} - mine
+        for key in values:
+            if key not in own | mine | others:
+                raise unknown_key_error(prefix, key, own | mine | others)
+        ignored = sorted(k for k in values if k in others and k not in own)
+        if ignored:
+            log.info("%s: %s not used by update_rule=%s", prefix, ", ".join(ignored), name)
+        rule = build_options(rule_cls.Options, {k: v for k, v in values.items() if k in mine}, prefix)
+        engine = {k: as_plain(v) for k, v in values.items() if k in own}
+        for key in ("include", "exclude"):
+            if engine.get(key) is not None and not isinstance(engine[key], str):
+                engine[key] = list(engine[key])
+        return cls(**engine, rule=rule)
+
+    def replace(self, **values: Any) -> SparsityOptions:
+        """These options with some values changed (the rule's included)."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rule"}
+        flat.update(dataclasses.asdict(self.rule))
+        return SparsityOptions.from_values({**flat, **values})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat and plain (the config's keys): for checkpoints and summaries."""
+        flat = {f.name: as_plain(getattr(self, f.name)) for f in fields(self) if f.name != "rule"}
+        return {**flat, **as_plain(self.rule)}
 
     @property
     def is_dense(self) -> bool:
@@ -81,8 +117,8 @@ class SparsityOptions:
         def bad(key: str, problem: str, allowed: str) -> ConfigError:
             return ConfigError(f"{prefix}.{key}", problem, allowed)
 
+        rule_class(self.update_rule, prefix)
         for key, allowed in (
-            ("update_rule", UPDATE_RULES),
             ("distribution", DISTRIBUTIONS),
             ("placement", PLACEMENTS),
             ("drop_schedule", DROP_SCHEDULES),
@@ -101,14 +137,8 @@ class SparsityOptions:
             raise bad("delta_t", f"must be an integer >= 1, got {self.delta_t!r}", "delta_t >= 1 optimizer steps")
         if not _is_number(self.erk_power_scale) or self.erk_power_scale < 0:
             raise bad("erk_power_scale", f"must be >= 0, got {self.erk_power_scale!r}", "0 (uniform) .. 1 (ERK)")
-        if not _is_number(self.momentum_decay) or not 0.0 <= self.momentum_decay < 1.0:
-            raise bad("momentum_decay", f"must be in [0, 1), got {self.momentum_decay!r}", "0 <= momentum_decay < 1")
         if self.is_dense and self.density != 1.0:
             raise bad("density", f"update_rule=dense trains every weight, but density={self.density}", "density: 1.0")
-        if self.update_rule == "tdm":
-            from sparseforge.sparsity.rules.tdm import TDMSchedule
-
-            TDMSchedule(**dict(self.tdm or {}))
         for key in ("include", "exclude"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):
@@ -116,7 +146,19 @@ class SparsityOptions:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return [f.name for f in fields(cls) if f.name != "rule"]
+
+
+class _Dense(UpdateRule):
+    """``update_rule=dense``: no masks (the engine only counts FLOPs)."""
+
+
+def rule_class(name: str, prefix: str = "sparsity") -> type[UpdateRule]:
+    if name == "dense":
+        return _Dense
+    if name not in RULES:
+        raise ConfigError(f"{prefix}.update_rule", f"unknown value {name!r}", ", ".join(["dense", *RULES.names()]))
+    return RULES.get(name)
 
 
 def _is_number(value) -> bool:

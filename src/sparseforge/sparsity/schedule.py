@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DropSchedule:
-    delta_t: int = 100
-    drop_fraction: float = 0.3
-    kind: str = "cosine"
-    end_fraction: float = 0.75
+    """Built from ``SparsityOptions`` (where the defaults live)."""
+
+    delta_t: int
+    drop_fraction: float
+    kind: str
+    end_fraction: float
 
     def end_step(self, horizon: int) -> float:
         return self.end_fraction * horizon

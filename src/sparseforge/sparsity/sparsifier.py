@@ -21,7 +21,6 @@ optimizer state.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,9 +31,9 @@ from sparseforge.sparsity.distributed import broadcast_masks
 from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.flops import FlopsAccountant
 from sparseforge.sparsity.masks import MaskInvariantError, MaskSet
-from sparseforge.sparsity.options import SparsityOptions
+from sparseforge.sparsity.options import SparsityOptions, rule_class
 from sparseforge.sparsity.placement import initial_masks
-from sparseforge.sparsity.rules import RULES, UpdateRule
+from sparseforge.sparsity.rules import UpdateRule
 from sparseforge.sparsity.schedule import DropSchedule
 from sparseforge.sparsity.targets import select_layers
 from sparseforge.utils import distributed
@@ -53,9 +52,9 @@ class Sparsifier:
         **overrides: Any,
     ):
         if options is None:
-            options = SparsityOptions(**overrides)
+            options = SparsityOptions.from_values(overrides)
         elif overrides:
-            options = dataclasses.replace(options, **overrides)
+            options = options.replace(**overrides)
         self.options = options
         self.model = model
         self.optimizer = optimizer
@@ -86,11 +85,7 @@ class Sparsifier:
             nnz = layer_nnz(weight_shapes(layers), options.density, options.distribution, options.erk_power_scale)
             masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz)
-            self.rule = RULES[options.update_rule](
-                regrow_dropped=options.regrow_dropped,
-                momentum_decay=options.momentum_decay,
-                **(dict(options.tdm or {}) if options.update_rule == "tdm" else {}),
-            )
+            self.rule = rule_class(options.update_rule)(options.rule)
             self.masks.apply_()
             if options.rescale_init:
                 with torch.no_grad():
@@ -305,7 +300,7 @@ class Sparsifier:
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "options": dataclasses.asdict(self.options),
+            "options": self.options.as_dict(),
             "step": self.step,
             "schedule_start": self.schedule_start,
             "horizon": self.horizon,

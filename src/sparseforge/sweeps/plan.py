@@ -50,8 +50,10 @@ def expand(arguments: Sequence[str], config_loader: Any = None) -> list[list[str
     for arg in arguments:
         if arg in ("-m", "--multirun") or arg.startswith("--"):
             raise SweepError(f"{arg}: give overrides only (key=value, key=a,b, key=range(0,3), +group=option)")
+    from sparseforge.config.overrides import normalise_overrides
+
     try:
-        parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(arguments))
+        parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(normalise_overrides(arguments))
         return BasicSweeper.split_arguments(parsed, None)[0]
     except HydraException as exc:  # OverrideParseException, unsupported sweep types
         detail = [ln.strip() for ln in str(exc).strip().splitlines()[:2]]
@@ -93,8 +95,10 @@ def prepare_run_points(arguments: Sequence[str], config_name: str = "train") -> 
     from hydra.core.utils import setup_globals
     from hydra.types import RunMode
 
+    from sparseforge.compose import register_all
     from sparseforge.config import config_dir
 
+    register_all()
     setup_globals()
     GlobalHydra.instance().clear()
     points = []

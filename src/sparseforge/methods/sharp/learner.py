@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -29,39 +31,76 @@ from sparseforge.methods.sharp.knn import LongTermMemory
 from sparseforge.methods.sharp.memory import ReplayBank, ShortTermMemory
 from sparseforge.methods.sharp.supcon import keep_repeated_classes, supcon_loss
 from sparseforge.models.sharp import SharpNet
+from sparseforge.options import build_options, check
 from sparseforge.sparsity.masks import MaskSet
 
 log = logging.getLogger("sparseforge")
 
-REPLAY_LAYERS = ("conv_early", "input")
+
+class ReplayLayer(str, Enum):
+    conv_early = "conv_early"  # hidden-activation replay
+    input = "input"  # raw-image replay
+
+
+@dataclass
+class LearnerOptions:
+    """SHARP's algorithm settings; the defaults are the authors' Split-MNIST values."""
+
+    #: Fraction of connections kept in every layer (prune_perc 60).
+    density: float = 0.4
+    #: The first conv stays dense (skip_first_conv).
+    dense_first_conv: bool = True
+    #: K of the cosine schedule tau(t) = (1 + cos(pi t / K)) / 2.
+    tau_param: float = 30.0
+    #: Floor of the activation-mass threshold, in %.
+    min_activation_perc: float = 90.0
+    #: Training samples of the episode scored for unit selection.
+    selection_samples: int = 1024
+    #: Short-term memory: samples per class (uint8 activations).
+    stm_per_class: int = 25
+    #: m: how many previous episodes are replayed.
+    stm_num_tasks: int = 1
+    #: Long-term memory: representations per class for kNN.
+    ltm_per_class: int = 25
+    #: k of the kNN classifier.
+    knn_k: int = 5
+    #: SupCon temperature T.
+    temperature: float = 0.1
+    #: Re-initialise idle units' incoming weights after each episode.
+    reinit_idle: bool = True
+    #: When too few absent links into idle units exist to regrow what was dropped, regrow the rest
+    #: into training (rank-1) units from non-idle inputs, so the density stays exact (false: the
+    #: authors' behaviour: the layer's density drops and a warning is printed).
+    regrow_into_training: bool = True
+    replay_layer: ReplayLayer = ReplayLayer.conv_early
+    #: L2 term in the loss on masked weights and biases (weight_decay in the authors' scripts).
+    l2: float = 0.0
+    #: Seeds growth, re-initialisation and replay draws (identical on every DDP rank).
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check("method.density", 0.0 < self.density <= 1.0, f"must be in (0, 1], got {self.density}")
+        check("method.tau_param", self.tau_param > 0, f"must be > 0, got {self.tau_param}")
+        perc = self.min_activation_perc
+        check("method.min_activation_perc", 0 <= perc <= 100, f"must be in [0, 100], got {perc}")
+        for key in ("selection_samples", "stm_per_class", "stm_num_tasks", "ltm_per_class", "knn_k"):
+            value = getattr(self, key)
+            check(f"method.{key}", value >= 1, f"must be >= 1, got {value}")
+        check("method.temperature", self.temperature > 0, f"must be > 0, got {self.temperature}")
 
 
 class SharpLearner:
-    def __init__(
-        self,
-        model: SharpNet,
-        density: float = 0.4,
-        dense_first_conv: bool = True,
-        tau_param: float = 30.0,
-        min_activation_perc: float = 90.0,
-        selection_samples: int = 1024,
-        stm_per_class: int = 25,
-        stm_num_tasks: int = 1,
-        ltm_per_class: int = 25,
-        knn_k: int = 5,
-        temperature: float = 0.1,
-        reinit_idle: bool = True,
-        regrow_into_training: bool = True,
-        replay_layer: str = "conv_early",
-        l2: float = 0.0,
-        seed: int = 0,
-    ):
+    def __init__(self, model: SharpNet, options: LearnerOptions | None = None, **values: Any):
+        o = self.options = options if options is not None else build_options(LearnerOptions, values, "method")
+        density, dense_first_conv, tau_param = o.density, o.dense_first_conv, o.tau_param
+        min_activation_perc, selection_samples = o.min_activation_perc, o.selection_samples
+        stm_per_class, stm_num_tasks, ltm_per_class, knn_k = o.stm_per_class, o.stm_num_tasks, o.ltm_per_class, o.knn_k
+        temperature, reinit_idle, regrow_into_training = o.temperature, o.reinit_idle, o.regrow_into_training
+        replay_layer, l2, seed = o.replay_layer.value, o.l2, o.seed
         if not isinstance(model, SharpNet):
             raise TypeError(
                 f"SHARP needs a SHARP network (sharp_mnistlike, sharp_vgg_small), got {type(model).__name__}"
             )
-        if replay_layer not in REPLAY_LAYERS:
-            raise ValueError(f"unknown replay_layer {replay_layer!r}")
         self.model = model
         self.layers = model.weight_layers()
         self._layers_by_name = {layer.name: layer for layer in self.layers}

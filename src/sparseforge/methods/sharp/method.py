@@ -19,7 +19,10 @@ construction.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -28,105 +31,59 @@ import torch.distributed as dist
 
 from sparseforge.continual.scenarios import Task
 from sparseforge.errors import ConfigError
-from sparseforge.methods.base import ContinualMethod
-from sparseforge.methods.sharp.learner import REPLAY_LAYERS, SharpLearner, first_per_class
+from sparseforge.methods.base import METHODS, ContinualMethod
+from sparseforge.methods.sharp.learner import LearnerOptions, SharpLearner, first_per_class
 from sparseforge.models.sharp import SharpNet
+from sparseforge.options import check
 from sparseforge.sparsity.flops import LayerFlopsMeter
 from sparseforge.utils.distributed import world_size
 
 log = logging.getLogger("sparseforge")
 
-PREDICTORS = ("knn", "linear")
+
+class Predictor(str, Enum):
+    knn = "knn"  # the paper's LTM kNN
+    linear = "linear"  # the linear head (trained on detached features)
 
 
-def _check(key: str, ok: bool, problem: str, allowed: str | None = None) -> None:
-    if not ok:
-        raise ConfigError(f"method.{key}", problem, allowed)
-
-
+@METHODS.register("sharp")
 class Sharp(ContinualMethod):
-    name = "sharp"
     sparsity_masks = "own"  # SHARP rewires masks of its own: the run's sparsity group must be dense
 
-    def __init__(
-        self,
-        model: SharpNet,
-        optimizer: partial,
-        lr_scheduler: partial | None = None,
-        lr_scheduler_interval: str = "epoch",
-        density: float = 0.4,
-        dense_first_conv: bool = True,
-        phase_epochs: int = 3,
-        max_phases: int = 10,
-        tau_param: float = 30.0,
-        min_activation_perc: float = 90.0,
-        selection_samples: int = 1024,
-        stm_per_class: int = 25,
-        stm_num_tasks: int = 1,
-        ltm_per_class: int = 25,
-        knn_k: int = 5,
-        temperature: float = 0.1,
-        batch_size_memory: int | None = None,
-        reinit_idle: bool = True,
-        regrow_into_training: bool = True,
-        replay_layer: str = "conv_early",
-        predict_with: str = "knn",
-        augment: bool = False,
-        l2: float = 0.0,
-        seed: int = 0,
-    ):
-        super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
+    @dataclass
+    class Options(LearnerOptions, ContinualMethod.Options):
+        #: Epochs per phase; a fresh optimizer every phase.
+        phase_epochs: int = 3
+        #: Phases per episode (fixed, no early stop); scenario.epochs_per_task = phase_epochs x max_phases.
+        max_phases: int = 10
+        #: Replayed samples per step; null: data.batch_size (as the authors).
+        batch_size_memory: int | None = None
+        predict_with: Predictor = Predictor.knn
+        #: The paper trains without augmentation.
+        augment: bool = False
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for key in ("phase_epochs", "max_phases"):
+                check(f"method.{key}", getattr(self, key) >= 1, f"must be >= 1, got {getattr(self, key)}")
+            size = self.batch_size_memory
+            check("method.batch_size_memory", size is None or size >= 2, f"must be null or >= 2, got {size}")
+
+    def __init__(self, model: SharpNet, optimizer: partial, lr_scheduler: partial | None = None, **options: Any):
+        super().__init__(model, optimizer, lr_scheduler, **options)
         if not isinstance(model, SharpNet):
             raise ConfigError(
                 "model",
                 f"SHARP needs a SHARP network, got {type(model).__name__}",
                 "model=sharp_mnistlike, sharp_vgg_small",
             )
-        _check("density", 0.0 < density <= 1.0, f"must be in (0, 1], got {density}")
-        _check("phase_epochs", phase_epochs >= 1, f"must be >= 1, got {phase_epochs}")
-        _check("max_phases", max_phases >= 1, f"must be >= 1, got {max_phases}")
-        _check("tau_param", tau_param > 0, f"must be > 0, got {tau_param}")
-        _check(
-            "min_activation_perc", 0 <= min_activation_perc <= 100, f"must be in [0, 100], got {min_activation_perc}"
-        )
-        _check("selection_samples", selection_samples >= 1, f"must be >= 1, got {selection_samples}")
-        for key, value in (
-            ("stm_per_class", stm_per_class),
-            ("stm_num_tasks", stm_num_tasks),
-            ("ltm_per_class", ltm_per_class),
-            ("knn_k", knn_k),
-        ):
-            _check(key, value >= 1, f"must be >= 1, got {value}")
-        _check("temperature", temperature > 0, f"must be > 0, got {temperature}")
-        _check(
-            "batch_size_memory",
-            batch_size_memory is None or batch_size_memory >= 2,
-            f"must be null or >= 2, got {batch_size_memory}",
-        )
-        _check(
-            "replay_layer", replay_layer in REPLAY_LAYERS, f"unknown value {replay_layer!r}", ", ".join(REPLAY_LAYERS)
-        )
-        _check("predict_with", predict_with in PREDICTORS, f"unknown value {predict_with!r}", ", ".join(PREDICTORS))
-        self.phase_epochs, self.max_phases = int(phase_epochs), int(max_phases)
-        self.batch_size_memory = batch_size_memory
-        self.predict_with, self.augment = predict_with, bool(augment)
+        o = self.options
+        self.phase_epochs, self.max_phases = o.phase_epochs, o.max_phases
+        self.batch_size_memory = o.batch_size_memory
+        self.predict_with, self.augment = o.predict_with.value, o.augment
+        learner_fields = {f.name for f in dataclasses.fields(LearnerOptions)}
         self.learner = SharpLearner(
-            model,
-            density=density,
-            dense_first_conv=dense_first_conv,
-            tau_param=tau_param,
-            min_activation_perc=min_activation_perc,
-            selection_samples=selection_samples,
-            stm_per_class=stm_per_class,
-            stm_num_tasks=stm_num_tasks,
-            ltm_per_class=ltm_per_class,
-            knn_k=knn_k,
-            temperature=temperature,
-            reinit_idle=reinit_idle,
-            regrow_into_training=regrow_into_training,
-            replay_layer=replay_layer,
-            l2=l2,
-            seed=seed,
+            model, LearnerOptions(**{k: v for k, v in dataclasses.asdict(o).items() if k in learner_fields})
         )
         self.memory_record = {"bytes": 0, "samples": 0, "transient_bytes": 0, "ltm_bytes": 0}
         # Replayed activations enter above the cut-off, so FLOPs are counted per layer, for the
@@ -144,8 +101,8 @@ class Sharp(ContinualMethod):
             default=0,
         )
         size = self.batch_size_memory or datamodule.batch_size
-        _check(
-            "batch_size_memory",
+        check(
+            "method.batch_size_memory",
             size >= 2 * replayed,
             f"{size} replayed samples per step cannot give each of the {replayed} replayed classes the 2 samples SupCon needs",
             f">= {2 * replayed}",

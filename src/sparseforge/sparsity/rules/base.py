@@ -11,23 +11,38 @@ Per update step the sparsifier calls, in this order:
 2. ``prepare(sparsifier, drop_fraction, dense_grads)`` on update steps, before the optimizer
    step, with the dense (not yet masked) gradients;
 3. ``propose(sparsifier, drop_fraction)`` after the optimizer step: the new masks, or ``None``.
+
+A rule's settings live in its nested ``Options`` dataclass (extend the parent's); the sparsity
+config group's schema is generated from it, so adding a rule with a setting is the rule's file,
+its line in ``rules/__init__.py`` and its YAML.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from sparseforge.options import build_options
+from sparseforge.registry import Registry
 from sparseforge.sparsity.placement import indices_to_mask, top_n_indices, top_n_mask
+
+#: name -> rule class (``sparsity.update_rule``).
+RULES: Registry = Registry("update rule", "sparsity.update_rule")
 
 GradDict = Mapping[str, torch.Tensor | None]
 
 
 class UpdateRule:
     name: ClassVar[str] = "base"
+
+    @dataclass
+    class Options:
+        pass
+
     #: Whether ``prepare`` needs the dense gradient (the sparsifier captures it on update steps).
     needs_dense_grad: ClassVar[bool] = False
     #: Whether ``observe`` must see the dense gradient of every step (momentum growth).
@@ -38,8 +53,8 @@ class UpdateRule:
     #: or "epoch" (``epoch_proposal`` at the start of each epoch of a task, e.g. SparCL's TDM).
     trigger: ClassVar[str] = "step"
 
-    def __init__(self, regrow_dropped: bool = False, **_: Any):
-        self.regrow_dropped = regrow_dropped
+    def __init__(self, options: Options | None = None, **values: Any):
+        self.options = options if options is not None else build_options(self.Options, values, "sparsity")
 
     def observe(self, sparsifier, dense_grads: GradDict) -> None:
         pass
@@ -73,8 +88,13 @@ class DropAndGrow(UpdateRule):
     bool mask, so no dense gradient has to survive the optimizer step.
     """
 
-    def __init__(self, regrow_dropped: bool = False, **kwargs: Any):
-        super().__init__(regrow_dropped=regrow_dropped, **kwargs)
+    @dataclass
+    class Options(UpdateRule.Options):
+        #: Whether a weight dropped in an update may be regrown in the same update.
+        regrow_dropped: bool = False
+
+    def __init__(self, options: Options | None = None, **values: Any):
+        super().__init__(options, **values)
         self._grown: dict[str, torch.Tensor] = {}
         self._scores: dict[str, torch.Tensor] = {}
         self._n_move: dict[str, int] = {}
@@ -98,12 +118,12 @@ class DropAndGrow(UpdateRule):
         masks = sparsifier.masks
         for position, name in enumerate(masks):
             mask = masks[name]
-            n = self.n_to_move(mask, drop_fraction, self.regrow_dropped)
+            n = self.n_to_move(mask, drop_fraction, self.options.regrow_dropped)
             self._n_move[name] = n
             if n == 0:
                 continue
             scores = self.grow_scores(sparsifier, name, position, dense_grads.get(name))
-            if self.regrow_dropped:  # candidates depend on the drop: decide after the step
+            if self.options.regrow_dropped:  # candidates depend on the drop: decide after the step
                 self._scores[name] = scores
             else:  # keep only the chosen indices until the step is done
                 self._grown[name] = top_n_indices(scores.masked_fill_(mask, -math.inf), n)
@@ -128,7 +148,7 @@ class DropAndGrow(UpdateRule):
             drop_scores = masks.weight(name).detach().abs().masked_fill_(~mask, math.inf)
             kept = top_n_mask(drop_scores, n, largest=False).logical_not_().logical_and_(mask)
             del drop_scores
-            if self.regrow_dropped:
+            if self.options.regrow_dropped:
                 grown = top_n_mask(self._scores.pop(name).masked_fill_(kept, -math.inf), n)
             else:
                 grown = indices_to_mask(self._grown.pop(name), mask.shape, mask.device)

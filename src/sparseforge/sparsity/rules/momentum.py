@@ -9,20 +9,30 @@ float buffer per sparse weight and one in-place update per step.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sparseforge.sparsity.rules.base import DropAndGrow
+from sparseforge.options import check
+from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 
 
+@RULES.register("momentum")
 class Momentum(DropAndGrow):
-    name = "momentum"
     observes_every_step = True
 
-    def __init__(self, momentum_decay: float = 0.9, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.decay = momentum_decay
+    @dataclass
+    class Options(DropAndGrow.Options):
+        #: EMA decay of the dense gradient whose magnitude ranks the grow candidates.
+        momentum_decay: float = 0.9
+
+        def __post_init__(self) -> None:
+            d = self.momentum_decay
+            check("sparsity.momentum_decay", 0.0 <= d < 1.0, f"must be in [0, 1), got {d!r}", "0 <= momentum_decay < 1")
+
+    def __init__(self, options: Options | None = None, **values: Any):
+        super().__init__(options, **values)
         self.ema: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -32,7 +42,8 @@ class Momentum(DropAndGrow):
                 continue
             if name not in self.ema:
                 self.ema[name] = torch.zeros_like(grad)
-            self.ema[name].mul_(self.decay).add_(grad, alpha=1 - self.decay)
+            decay = self.options.momentum_decay
+            self.ema[name].mul_(decay).add_(grad, alpha=1 - decay)
 
     def grow_scores(self, sparsifier, name, position, dense_grad):
         ema = self.ema.get(name)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from sparseforge.sparsity.rules.base import DropAndGrow
+from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 
 
+@RULES.register("rigl")
 class RigL(DropAndGrow):
-    name = "rigl"
     needs_dense_grad = True
 
     def grow_scores(self, sparsifier, name, position, dense_grad):

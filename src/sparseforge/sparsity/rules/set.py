@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sparseforge.sparsity.rules.base import DropAndGrow
+from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 from sparseforge.utils.seeding import seeded_generator
 
 
@@ -18,8 +18,7 @@ def random_scores(sparsifier, name: str, position: int) -> torch.Tensor:
     return torch.rand(weight.shape, generator=g, device=weight.device)
 
 
+@RULES.register("set")
 class SET(DropAndGrow):
-    name = "set"
-
     def grow_scores(self, sparsifier, name, position, dense_grad):
         return random_scores(sparsifier, name, position)

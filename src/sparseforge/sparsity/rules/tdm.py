@@ -38,14 +38,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sparseforge.errors import ConfigError
 from sparseforge.sparsity.placement import top_n_mask
-from sparseforge.sparsity.rules.base import UpdateRule
+from sparseforge.sparsity.rules.base import RULES, UpdateRule
 from sparseforge.sparsity.rules.set import random_scores
 
 GRAD_SOURCES = ("post_dgm", "pre_dgm")
@@ -118,15 +118,21 @@ def _clip(n: int, numel: int) -> int:
     return max(1, min(numel, n))
 
 
+@RULES.register("tdm")
 class TDM(UpdateRule):
-    name = "tdm"
     trigger = "epoch"
     observes_every_step = True  # keeps the last step's gradient for the next update's importance
 
-    def __init__(self, regrow_dropped: bool = True, **schedule: Any):
-        super().__init__(regrow_dropped=regrow_dropped)
-        known = {"every_epochs", "phase_epochs", "prune_offsets", "grow_offsets", "grad_weight", "grad_source"}
-        self.schedule = TDMSchedule(**{k: v for k, v in schedule.items() if k in known})
+    @dataclass
+    class Options(UpdateRule.Options):
+        #: Growth candidates: every inactive weight after the drop (the release), or only the
+        #: weights inactive before it.
+        regrow_dropped: bool = True
+        tdm: TDMSchedule = field(default_factory=TDMSchedule)
+
+    def __init__(self, options: Options | None = None, **values: Any):
+        super().__init__(options, **values)
+        self.schedule = self.options.tdm
         self.last_grads: dict[str, torch.Tensor] = {}
 
     # -- the gradient of the last optimizer step -------------------------------------------------------
@@ -181,7 +187,7 @@ class TDM(UpdateRule):
                     importance = importance + self.schedule.grad_weight * g
                 kept = top_n_mask(importance.masked_fill(~mask, -math.inf), after_drop)
             n_grow = final - after_drop
-            candidates = ~kept if self.regrow_dropped else ~mask
+            candidates = ~kept if self.options.regrow_dropped else ~mask
             scores = random_scores(sparsifier, name, position).masked_fill(~candidates, -math.inf)
             grown = top_n_mask(scores, n_grow)
             new_masks[name] = kept | grown

@@ -3,13 +3,12 @@ active so far; when those run out, the rest are grown at random among the other 
 
 from __future__ import annotations
 
-from sparseforge.sparsity.rules.base import DropAndGrow
+from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 from sparseforge.sparsity.rules.set import random_scores
 
 
+@RULES.register("unfired")
 class Unfired(DropAndGrow):
-    name = "unfired"
-
     def grow_scores(self, sparsifier, name, position, dense_grad):
         never_fired = ~sparsifier.masks.fired[name]
         return random_scores(sparsifier, name, position).add_(never_fired)  # unfired rank above [0, 1)
