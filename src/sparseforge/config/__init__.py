@@ -12,10 +12,12 @@ CONFIG_DIR_ENV = "SPARSEFORGE_CONFIG_DIR"
 
 
 def config_dir() -> str:
-    """The ``configs/`` folder: $SPARSEFORGE_CONFIG_DIR, else the one of this source checkout."""
+    """The ``configs/`` folder: $SPARSEFORGE_CONFIG_DIR, else the one shipped in the package
+    (``sparseforge/configs``: in a source checkout a link to the top-level ``configs/``, in an
+    installed wheel a copy of it)."""
     env = os.environ.get(CONFIG_DIR_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
-    return str(path)
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    return str(path.resolve())
 
 
 def register() -> None:
