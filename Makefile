@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train test test-fast lint clean help
+.PHONY: install train test test-fast lint docs clean help
 
 help:
 	@echo "make train [ARGS='overrides']  set up .venv (first time) and run python train.py"
 	@echo "make test                      run the whole test suite (what CI runs)"
 	@echo "make test-fast                 skip tests marked slow"
 	@echo "make lint                      ruff"
+	@echo "make docs                      build the documentation site into site/ (mkdocs, strict)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +33,8 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests experiments
 
+docs: install
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache site

@@ -1,5 +1,5 @@
-"""README's walkthrough quotes real code: every fenced block that starts with ``# file: PATH``
-must appear verbatim in that file, so the "Adding a method" section cannot drift from the code."""
+"""The docs quote real code: every fenced block that starts with ``# file: PATH`` must appear
+verbatim in that file, so the walkthroughs ("Extending", ...) cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from tests.helpers.cli import REPO
 BLOCK = re.compile(r"^```[a-z]*\n# file: (?P<path>\S+)\n(?P<body>.*?)^```$", re.M | re.S)
 
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
 def test_every_quoted_block_is_in_the_file_it_names():
-    blocks = list(BLOCK.finditer((REPO / "README.md").read_text()))
-    assert len(blocks) >= 4  # the method, its state, its schema and its config
-    for block in blocks:
-        source = (REPO / block["path"]).read_text()
-        assert block["body"] in source, f"README's block from {block['path']} is not in that file"
+    checked = 0
+    for page in DOCS:
+        for block in BLOCK.finditer(page.read_text()):
+            source = (REPO / block["path"]).read_text()
+            assert block["body"] in source, f"{page.name}'s block from {block['path']} is not in that file"
+            checked += 1
+    assert checked >= 9  # the method walkthrough (4), the rule (3) and the model (2)
