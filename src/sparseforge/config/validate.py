@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.errors import ConfigError
 
 
 def validate(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))  # ??? in a config: a value the user must give
+    if missing:
+        raise ConfigError(missing[0], "has no value (??? in its config): set it, e.g. on the command line")
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
     ckpt = cfg.get("ckpt_path")

@@ -5,3 +5,4 @@ from sparseforge.methods.base import ContinualMethod
 
 class Finetune(ContinualMethod):
     name = "finetune"
+    supports_soft_targets = True

@@ -7,6 +7,7 @@ from sparseforge.methods.base import ContinualMethod
 
 class Joint(ContinualMethod):
     name = "joint"
+    supports_soft_targets = True
 
     def training_indices(self, task, tasks):
         # unique: in a blurry stream a class (and its images) recurs across tasks.
