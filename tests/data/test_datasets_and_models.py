@@ -192,3 +192,11 @@ def test_unknown_model_names_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         create_model("resnet_does_not_exist", num_classes=10, in_chans=3, image_size=32)
     assert "model.name" in str(err.value) and "small_cnn" in str(err.value)
+
+
+def test_an_in_memory_dataset_keeps_its_stored_image_size():
+    assert CIFAR10("/x", download=False, image_size=32).image_size == 32
+    with pytest.raises(ConfigError) as err:
+        CIFAR10("/x", download=False, image_size=224)
+    message = str(err.value)
+    assert message.startswith("config error: dataset.image_size: cifar10 stores 32x32") and "\n" not in message

@@ -55,14 +55,15 @@ def test_the_config_streams_from_disk_with_imagenet_style_transforms(tmp_path):
     assert list(ds.eval_transform) == []
 
 
-def test_every_registered_dataset_has_its_config_and_every_config_its_dataset():
-    configs = {p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml")}
-    assert configs == set(DATASETS.names())
-    for name in DATASETS.names():
-        target = compose_config([f"dataset={name}", "dataset.root=/x"]).dataset._target_
-        module, _, cls = target.rpartition(".")
-        assert getattr(__import__(module, fromlist=[cls]), cls) is DATASETS.get(name), name
-        assert DATASETS.get(name).name == name
+def test_every_registered_dataset_has_its_config_and_every_config_a_registered_dataset():
+    def target_class(option: str) -> type:
+        module, _, name = compose_config([f"dataset={option}", "dataset.root=/x"]).dataset._target_.rpartition(".")
+        return getattr(__import__(module, fromlist=[name]), name)
+
+    for name in DATASETS.names():  # configs/dataset/<name>.yaml builds the class registered as <name>
+        assert target_class(name) is DATASETS.get(name) and DATASETS.get(name).name == name
+    for option in (p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml")):
+        assert target_class(option) in {DATASETS.get(n) for n in DATASETS.names()}, option
 
 
 def _one_line_error(ds: ImageFolder) -> str:

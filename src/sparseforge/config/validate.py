@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.errors import ConfigError
 
 
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (a value the user must give), read without resolving
+    interpolations; Hydra's own node is left out."""
+    if isinstance(node, dict):
+        items = ((f"{prefix}{k}", v) for k, v in node.items() if not (prefix == "" and k == "hydra"))
+    elif isinstance(node, list):
+        items = ((f"{prefix}{i}", v) for i, v in enumerate(node))
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += [key] if value == "???" else missing_keys(value, f"{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))  # ??? in a config: a value the user must give
+    missing = missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         raise ConfigError(missing[0], "has no value (??? in its config): set it, e.g. on the command line")
     if not isinstance(cfg.get("seed"), int):
