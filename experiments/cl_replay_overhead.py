@@ -90,10 +90,10 @@ def buffer_bookkeeping(batch_size: int, repeats: int = 300) -> dict:
 
     from sparseforge.continual.buffer import ReplayBuffer
     from sparseforge.data import MNIST
-    from sparseforge.data.transforms import BatchTransform
+    from sparseforge.data.transforms import DeviceTransform
 
     out = {}
-    transform = BatchTransform(MNIST.mean, MNIST.std)
+    transform = DeviceTransform(MNIST.mean, MNIST.std)
     for policy in ("reservoir", "class_balanced"):
         buffer = ReplayBuffer(500, policy=policy, store_logits=True, seed=0)
         g = torch.Generator().manual_seed(0)

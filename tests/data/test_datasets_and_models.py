@@ -10,15 +10,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparseforge.data import CIFAR10, CIFAR100, MNIST, Digits, EMNISTLetters, FashionMNIST, TinyImageNet
-from sparseforge.data.transforms import BatchTransform
+from sparseforge.data.transforms import DeviceTransform, RandomCropFlip, split_transforms
 from sparseforge.errors import ConfigError, DataNotFoundError
 from sparseforge.models import create_model
 from tests.helpers import fake_data
+from tests.helpers.config import compose_config
 
 
 def _normalised_stats(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     x = dataset.load(train=True).x
-    z = BatchTransform(dataset.mean, dataset.std)(x, train=False)
+    z = DeviceTransform(dataset.mean, dataset.std)(x, train=False)
     return z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
 
 
@@ -104,14 +105,27 @@ def _crops(img: torch.Tensor, pad: int) -> list[torch.Tensor]:
     return out
 
 
+def configured_transforms(name: str) -> tuple:
+    """The (per-image, batched) training transforms of configs/dataset/<name>.yaml, instantiated."""
+    from hydra.utils import instantiate
+
+    node = compose_config([f"dataset={name}"]).dataset
+    return split_transforms(instantiate(node.train_transform), "dataset.train_transform")
+
+
+def test_cifar_and_tiny_imagenet_train_with_the_batched_crop_pad4_plus_hflip():
+    for name in ("cifar10", "cifar100", "tiny_imagenet"):
+        per_image, batched = configured_transforms(name)
+        assert per_image is None  # the in-memory fast path
+        assert isinstance(batched, RandomCropFlip) and (batched.padding, batched.hflip) == (4, True)
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_cifar_augmentation_is_random_crop_pad4_plus_hflip(seed):
-    assert (CIFAR10.crop_padding, CIFAR10.hflip) == (4, True)
-    assert (CIFAR100.crop_padding, CIFAR100.hflip) == (4, True)
     torch.manual_seed(seed)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    identity = BatchTransform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), CIFAR10.crop_padding, CIFAR10.hflip)
+    identity = DeviceTransform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), RandomCropFlip(padding=4, hflip=True))
     out = identity(x, train=True)
     assert out.shape == (8, 3, 32, 32)
     for img, aug in zip(x.float() / 255, out, strict=True):
@@ -121,7 +135,7 @@ def test_cifar_augmentation_is_random_crop_pad4_plus_hflip(seed):
 def test_cifar_augmentation_uses_every_offset_and_both_flips():
     torch.manual_seed(0)
     x = torch.randint(1, 256, (300, 3, 32, 32), dtype=torch.uint8)  # no zeros: padding is visible
-    out = BatchTransform((0.0,) * 3, (1.0,) * 3, 4, True)(x, train=True)
+    out = DeviceTransform((0.0,) * 3, (1.0,) * 3, RandomCropFlip(4, True))(x, train=True)
     seen = []
     for img, aug in zip(x.float() / 255, out, strict=True):
         matches = [k for k, c in enumerate(_crops(img, 4)) if torch.equal(aug, c)]
@@ -134,10 +148,10 @@ def test_cifar_augmentation_uses_every_offset_and_both_flips():
 
 
 def test_mnist_like_data_is_not_augmented():
-    for cls in (MNIST, FashionMNIST, EMNISTLetters, Digits):
-        assert cls.crop_padding == 0 and not cls.hflip
+    for name in ("mnist", "fashion_mnist", "emnist_letters", "digits"):
+        assert configured_transforms(name) == (None, None)
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    t = BatchTransform(MNIST.mean, MNIST.std, MNIST.crop_padding, MNIST.hflip)
+    t = DeviceTransform(MNIST.mean, MNIST.std)
     assert torch.equal(t(x, train=True), t(x, train=False))
 
 
@@ -178,3 +192,11 @@ def test_unknown_model_names_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         create_model("resnet_does_not_exist", num_classes=10, in_chans=3, image_size=32)
     assert "model.name" in str(err.value) and "small_cnn" in str(err.value)
+
+
+def test_an_in_memory_dataset_keeps_its_stored_image_size():
+    assert CIFAR10("/x", download=False, image_size=32).image_size == 32
+    with pytest.raises(ConfigError) as err:
+        CIFAR10("/x", download=False, image_size=224)
+    message = str(err.value)
+    assert message.startswith("config error: dataset.image_size: cifar10 stores 32x32") and "\n" not in message

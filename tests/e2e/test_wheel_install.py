@@ -27,7 +27,11 @@ def _run(cmd, cwd, env, timeout=900):
 def test_a_wheel_installed_into_a_fresh_venv_trains_from_an_empty_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARSEFORGE_CONFIG_DIR")}
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], REPO, env)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        REPO,
+        env,
+    )
     (wheel,) = wheels.glob("sparseforge-*.whl")
 
     # A fresh venv that sees this environment's dependencies (torch, Lightning, ...) as a plain
@@ -35,9 +39,15 @@ def test_a_wheel_installed_into_a_fresh_venv_trains_from_an_empty_directory(tmp_
     fresh = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(fresh)
     python = fresh / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).stdout.strip())
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env
+        ).stdout.strip()
+    )
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], tmp_path, env)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], tmp_path, env
+    )
 
     where = _run([str(python), "-c", "import sparseforge; print(sparseforge.__file__)"], tmp_path, env).stdout.strip()
     assert Path(where).is_relative_to(site), f"sparseforge imported from {where}, not from the installed wheel"

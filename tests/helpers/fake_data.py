@@ -117,3 +117,27 @@ def write_emnist_letters(root: Path, n_train: int = 104, n_test: int = 52, seed:
         write_idx(raw / f"emnist-letters-{split}-images-idx3-ubyte", x)
         write_idx(raw / f"emnist-letters-{split}-labels-idx1-ubyte", y + 1)
     return Path(root)
+
+
+def write_image_folder(
+    root: Path,
+    num_classes: int = 4,
+    per_class_train: int = 6,
+    per_class_test: int = 3,
+    splits: tuple[str, str] = ("train", "val"),
+    seed: int = 0,
+) -> Path:
+    """torchvision's ImageFolder layout, ``root/<split>/<class>/<image>.png``, with RGB PNGs of
+    varied sizes (so that resizing and cropping are exercised) whose colour depends on the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, per_class in zip(splits, (per_class_train, per_class_test), strict=True):
+        for c in range(num_classes):
+            folder = Path(root) / split / f"class_{c:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                h, w = rng.integers(36, 60, size=2)
+                arr = rng.integers(0, 64, size=(h, w, 3)) + np.array([60 * c % 192, 40 * c % 192, 100])
+                Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(folder / f"{k}.png")
+    return Path(root)

@@ -92,6 +92,7 @@ class DataConfig:
     pin_memory: bool = False
     drop_last: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
+    batch_transform: Optional[Any] = None  # e.g. timm.data.Mixup as a partial (num_classes added)
 
 
 @dataclass

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.errors import ConfigError
 
 
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (a value the user must give), read without resolving
+    interpolations; Hydra's own node is left out."""
+    if isinstance(node, dict):
+        items = ((f"{prefix}{k}", v) for k, v in node.items() if not (prefix == "" and k == "hydra"))
+    elif isinstance(node, list):
+        items = ((f"{prefix}{i}", v) for i, v in enumerate(node))
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += [key] if value == "???" else missing_keys(value, f"{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
+    missing = missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        raise ConfigError(missing[0], "has no value (??? in its config): set it, e.g. on the command line")
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
     ckpt = cfg.get("ckpt_path")

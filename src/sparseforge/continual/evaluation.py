@@ -6,26 +6,27 @@ summed, so the result is exact (no padding duplicates as with DistributedSampler
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from sparseforge.continual.scenarios import Task
-from sparseforge.data.base import ImageTensors
 
 
 @torch.no_grad()
 def evaluate_tasks(
     score_fn: Callable[[torch.Tensor], torch.Tensor],
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    test: ImageTensors,
+    inputs: Callable[[torch.Tensor, int, torch.device], Iterable[torch.Tensor]],
+    labels: torch.Tensor,
     tasks: Sequence[Task],
     device: torch.device,
     batch_size: int = 512,
     limit_batches: int | None = None,
 ) -> dict[str, list[float]]:
-    """Accuracy per task. ``score_fn`` maps a preprocessed batch to class scores (B x C).
+    """Accuracy per task. ``score_fn`` maps a preprocessed batch to class scores (B x C);
+    ``inputs(index, batch_size, device)`` yields the preprocessed inputs of test examples
+    ``index`` on ``device``, ``batch_size`` at a time, in order; ``labels`` are the test labels.
 
     class-IL: argmax over all classes. task-IL: argmax over the task's own classes.
     """
@@ -38,10 +39,8 @@ def evaluate_tasks(
             index = index[: limit_batches * batch_size]
         index = index[rank::world]
         classes = torch.tensor(task.classes, device=device)
-        for start in range(0, len(index), batch_size):
-            chunk = index[start : start + batch_size]
-            x = preprocess(test.x[chunk].to(device, non_blocking=True))
-            y = test.y[chunk].to(device)
+        for chunk, x in zip(index.split(batch_size), inputs(index, batch_size, device), strict=True):
+            y = labels[chunk].to(device)
             scores = score_fn(x).float()
             counts[k, 0] += (scores.argmax(1) == y).sum()
             counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from sparseforge.data.base import ImageDataset, ImageTensors
+from sparseforge.data.registry import register_dataset
 
 
 def _without_checksums(cls):
@@ -28,13 +29,11 @@ def _without_checksums(cls):
 class _Cifar(ImageDataset):
     in_chans = 3
     image_size = 32
-    crop_padding = 4
-    hflip = True
     torchvision_class: str
     folder: str
 
-    def __init__(self, root=None, download: bool = True, verify_checksums: bool = True):
-        super().__init__(root, download)
+    def __init__(self, root=None, download: bool = True, verify_checksums: bool = True, **options):
+        super().__init__(root, download, **options)
         self.verify_checksums = verify_checksums
 
     def expected_location(self) -> str:
@@ -58,8 +57,8 @@ class _Cifar(ImageDataset):
         return ImageTensors(x, torch.as_tensor(ds.targets).long())
 
 
+@register_dataset("cifar10")
 class CIFAR10(_Cifar):
-    name = "cifar10"
     num_classes = 10
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
@@ -67,8 +66,8 @@ class CIFAR10(_Cifar):
     folder = "cifar-10-batches-py"
 
 
+@register_dataset("cifar100")
 class CIFAR100(_Cifar):
-    name = "cifar100"
     num_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)

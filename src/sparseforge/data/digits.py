@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from sparseforge.data.base import ImageDataset, ImageTensors
+from sparseforge.data.registry import register_dataset
 
 
+@register_dataset("digits")
 class Digits(ImageDataset):
-    name = "digits"
     num_classes = 10
     in_chans = 1
     image_size = 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sparseforge.data.base import ImageDataset, ImageTensors
+from sparseforge.data.registry import register_dataset
 
 
 class _IdxDataset(ImageDataset):
@@ -29,26 +30,26 @@ class _IdxDataset(ImageDataset):
         return ImageTensors(ds.data.unsqueeze(1).contiguous(), torch.as_tensor(ds.targets).long())
 
 
+@register_dataset("mnist")
 class MNIST(_IdxDataset):
-    name = "mnist"
     num_classes = 10
     mean = (0.1307,)
     std = (0.3081,)
     torchvision_class = "MNIST"
 
 
+@register_dataset("fashion_mnist")
 class FashionMNIST(_IdxDataset):
-    name = "fashion_mnist"
     num_classes = 10
     mean = (0.2860,)
     std = (0.3530,)
     torchvision_class = "FashionMNIST"
 
 
+@register_dataset("emnist_letters")
 class EMNISTLetters(_IdxDataset):
     """EMNIST 'letters': 26 classes. torchvision's labels are 1..26; we shift them to 0..25."""
 
-    name = "emnist_letters"
     num_classes = 26
     mean = (0.1722,)
     std = (0.3309,)

@@ -16,20 +16,19 @@ import numpy as np
 import torch
 
 from sparseforge.data.base import ImageDataset, ImageTensors
+from sparseforge.data.registry import register_dataset
 from sparseforge.errors import DataNotFoundError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
+@register_dataset("tiny_imagenet")
 class TinyImageNet(ImageDataset):
-    name = "tiny_imagenet"
     num_classes = 200
     in_chans = 3
     image_size = 64
     mean = (0.4802, 0.4481, 0.3975)
     std = (0.2302, 0.2265, 0.2262)
-    crop_padding = 4
-    hflip = True
 
     @property
     def base(self) -> Path:

@@ -1,38 +1,50 @@
-"""Batched, on-device augmentation and normalisation.
+"""Transforms, by where they run.
 
-Doing this per batch on the training device instead of per PIL image in DataLoader workers is
-what keeps replay cheap: buffer samples are stored as raw uint8 and re-augmented in one call.
+A dataset's ``train_transform`` and ``eval_transform`` (configs/dataset/) are each a list of
+transforms applied in order (a list, so that a config overriding it replaces it whole):
+
+- per-image transforms first: any callable (torchvision, timm) applied to each PIL image in the
+  loader's workers. The last one returns a C x H x W tensor, uint8 (``PILToTensor``; timm's
+  ``create_transform`` with ``normalize: false``) or float in [0, 1] (``ToTensor``);
+- then :class:`BatchAugmentation` s (``RandomCropFlip``: the CIFAR crop and flip), applied to a
+  whole batch on the training device. An in-memory dataset with only these is the fast path:
+  batches are slices, and buffer samples are stored as raw uint8 and re-augmented in one call.
+
+Normalisation with the dataset's statistics always runs last, on the device
+(:class:`DeviceTransform`). ``data.batch_transform`` then mixes a training batch and its labels
+into soft targets (timm's ``Mixup``/CutMix), see :func:`mix_batch`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparseforge.errors import ConfigError
 
-class BatchTransform(nn.Module):
-    """uint8 NCHW -> normalised float; with ``train=True`` also random crop (padding) + h-flip."""
 
-    def __init__(self, mean, std, crop_padding: int = 0, hflip: bool = False):
+class BatchAugmentation(nn.Module):
+    """A training augmentation of a whole batch on the device: float N x C x H x W in [0, 1] in,
+    the same shape out. Subclasses implement ``forward(x)``."""
+
+
+class RandomCropFlip(BatchAugmentation):
+    """Random crop with ``padding`` (0: none) and, with ``hflip``, a horizontal flip with probability
+    1/2: the standard CIFAR augmentation, vectorised over the batch."""
+
+    def __init__(self, padding: int = 0, hflip: bool = False):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.crop_padding = crop_padding
-        self.hflip = hflip
+        self.padding = int(padding)
+        self.hflip = bool(hflip)
 
-    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        if train:
-            x = self.augment(x)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean) / std
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        if self.crop_padding > 0:
-            p = self.crop_padding
+        if self.padding > 0:
+            p = self.padding
             padded = F.pad(x, (p, p, p, p))
             # One random offset per image, applied with a gather over an index grid.
             dy = torch.randint(0, 2 * p + 1, (n,), device=x.device)
@@ -45,3 +57,108 @@ class BatchTransform(nn.Module):
             flip = torch.rand(n, device=x.device) < 0.5
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
         return x.contiguous()
+
+
+class _Compose:
+    """Per-image transforms in sequence (torchvision's Compose, without its type checks)."""
+
+    def __init__(self, transforms: list[Callable]):
+        self.transforms = transforms
+
+    def __call__(self, image):
+        for transform in self.transforms:
+            image = transform(image)
+        return image
+
+
+def split_transforms(transforms: Any, key: str) -> tuple[Callable | None, nn.Module | None]:
+    """A transform list as (its per-image part, its batched part), each None when empty.
+
+    ``transforms`` is a list (or a single transform, or None); ``key`` names it in errors.
+    """
+    if transforms is None:
+        items = []
+    elif isinstance(transforms, (list, tuple)) or (isinstance(transforms, Iterable) and not callable(transforms)):
+        items = list(transforms)
+    else:
+        items = [transforms]
+    first_batched = next((i for i, t in enumerate(items) if isinstance(t, BatchAugmentation)), len(items))
+    images, batches = items[:first_batched], items[first_batched:]
+    if not all(isinstance(t, BatchAugmentation) for t in batches):
+        raise ConfigError(key, "per-image transforms must come before the batched ones (BatchAugmentation)")
+    per_image = None if not images else images[0] if len(images) == 1 else _Compose(images)
+    batched = None if not batches else batches[0] if len(batches) == 1 else nn.Sequential(*batches)
+    return per_image, batched
+
+
+class DeviceTransform(nn.Module):
+    """uint8 (or [0, 1] float) N x C x H x W -> normalised float, on the device. Training batches
+    pass the batched training augmentation first, evaluation batches the batched evaluation one."""
+
+    def __init__(self, mean, std, augment: nn.Module | None = None, eval_augment: nn.Module | None = None):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.augment = augment
+        self.eval_augment = eval_augment
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        augment = self.augment if train else self.eval_augment
+        if augment is not None:
+            x = augment(x)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - mean) / std
+
+
+# -- per-image transforms ----------------------------------------------------------------------------
+def to_pil(image: torch.Tensor):
+    """A uint8 C x H x W tensor as a PIL image (mode L for one channel, RGB for three)."""
+    from torchvision.transforms.functional import to_pil_image
+
+    return to_pil_image(image)
+
+
+def stack_per_image(transform: Callable, images: Iterable) -> torch.Tensor:
+    """``transform`` applied to each PIL image, stacked into one N x C x H x W tensor."""
+    return torch.stack([transform(image) for image in images])
+
+
+def per_image_on_tensors(transform: Callable, raw: torch.Tensor) -> torch.Tensor:
+    """A per-image transform over a batch of uint8 tensors (a replay draw), back on their device."""
+    return stack_per_image(transform, (to_pil(image) for image in raw.cpu())).to(raw.device)
+
+
+class CenterView:
+    """The fixed-size, un-augmented view of an image file: the short side resized to
+    ``image_size / crop_fraction``, then the centre ``image_size`` square, as a uint8 tensor (the
+    ImageNet evaluation crop: 256 then 224 at 0.875). Disk-backed datasets evaluate on it and
+    replay buffers store it."""
+
+    def __init__(self, image_size: int, crop_fraction: float = 0.875):
+        from torchvision import transforms
+
+        self.image_size = int(image_size)
+        resize = round(self.image_size / float(crop_fraction))
+        self.transform = transforms.Compose(
+            [transforms.Resize(resize), transforms.CenterCrop(self.image_size), transforms.PILToTensor()]
+        )
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.transform(image)
+
+
+# -- batch-level mixing ------------------------------------------------------------------------------
+def mix_batch(mix: Callable, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.batch_transform`` on a training batch: ``mix(x, y) -> (mixed x, soft targets N x C)``.
+
+    timm's Mixup pairs the examples of a batch, so it wants an even batch: an odd one gets a copy
+    of its last example for the call, dropped afterwards (every kept example is still mixed with
+    another example of the batch).
+    """
+    n = len(y)
+    if n % 2:
+        x, y = torch.cat([x, x[-1:]]), torch.cat([y, y[-1:]])
+    x, target = mix(x, y)
+    return x[:n], target[:n]

@@ -162,8 +162,8 @@ class ContinualLoop(pl.Callback):
         with trainer.precision_plugin.forward_context():
             result = evaluate_tasks(
                 pl_module.predict_scores,
-                dm.preprocess_eval,
-                dm.test_data,
+                dm.eval_batches,
+                dm.test_data.y,
                 tasks,
                 pl_module.device,
                 batch_size=self.eval_batch_size,

@@ -2,12 +2,20 @@
 
 It serves the task that ``trainer.current_epoch`` falls in (the trainer reloads loaders every
 epoch), asks the method which examples to train on (``training_indices``: joint training adds
-past tasks, SparCL's data removal drops some), and turns uint8 batches into
-:class:`Batch` on the device (augmentation + normalisation, see ``transforms.py``).
+past tasks, SparCL's data removal drops some), and turns loader batches into :class:`Batch` on
+the device.
+
+Where each transform runs (``data/transforms.py``): an in-memory split with a batched training
+augmentation (or none) is the fast path: batches are slices of uint8 tensors, augmented and
+normalised on the device. A per-image training transform, or a disk-backed split, runs in the
+loader (its workers), image by image, and the device only normalises. ``batch_transform``
+(``data.batch_transform``, e.g. timm's Mixup) then mixes the current batch into soft targets.
+Replayed examples are re-augmented from their raw views by the same training transform.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import lightning.pytorch as pl
@@ -15,8 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sparseforge.continual.scenarios import Scenario, Task
-from sparseforge.data.base import ImageDataset, ImageTensors
-from sparseforge.data.transforms import BatchTransform
+from sparseforge.data.base import ImageDataset, ImageSplit, ImageTensors
+from sparseforge.data.transforms import DeviceTransform, mix_batch, per_image_on_tensors, split_transforms
+from sparseforge.errors import ConfigError
+from sparseforge.utils.seeding import isolated_rng
 
 
 class Batch(NamedTuple):
@@ -25,6 +35,7 @@ class Batch(NamedTuple):
     task: torch.Tensor  # task id of each example
     index: torch.Tensor  # position in the training split (stable id, e.g. for forgetting statistics)
     raw: torch.Tensor  # the non-augmented uint8 input, for replay buffers
+    target: torch.Tensor | None = None  # soft targets (N x C) when data.batch_transform mixed the batch
 
 
 class _IndexedImages(torch.utils.data.Dataset):
@@ -42,6 +53,40 @@ class _IndexedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, position):  # single-item access, for completeness
         return tuple(t[0] for t in self.__getitems__([position]))
+
+
+class _TransformedImages(_IndexedImages):
+    """Examples ``index`` of any split, a batch at a time, each image through the per-image
+    training transform (in the loader's workers). The batch is ``(raw, y, task, index, x)``.
+
+    A batch draws its augmentation from RNG streams seeded by (``seed``, its first position), so
+    it depends neither on ``num_workers`` nor on a resume that skips batches before it.
+    """
+
+    def __init__(self, data: ImageSplit, index, task_of_example, transform: Callable | None, seed: int):
+        super().__init__(data, index, task_of_example)
+        self.transform, self.seed = transform, seed
+
+    def __getitems__(self, positions):
+        idx = self.index[torch.as_tensor(positions, dtype=torch.long)]
+        with isolated_rng(self.seed, positions[0]):
+            raw, x = self.data.fetch(idx, self.transform)
+        batch = (raw, self.data.y[idx], self.task_of_example[idx], idx)
+        return batch if x is None else (*batch, x)
+
+
+class _EvalChunks(torch.utils.data.Dataset):
+    """Evaluation inputs of a split, one chunk of examples per item (one loader batch)."""
+
+    def __init__(self, data: ImageSplit, chunks, transform: Callable | None):
+        self.data, self.chunks, self.transform = data, chunks, transform
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        raw, x = self.data.fetch(self.chunks[k], self.transform)
+        return raw if x is None else x
 
 
 def _keep_batch(batch):
@@ -135,15 +180,21 @@ class ContinualDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        batch_transform: Callable | None = None,
     ):
         super().__init__()
         self.dataset, self.scenario = dataset, scenario
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.pin_memory, self.drop_last = num_workers, pin_memory, drop_last
         self.seed = seed
-        self.transform = BatchTransform(dataset.mean, dataset.std, dataset.crop_padding, dataset.hflip)
-        self.train_data: ImageTensors | None = None
-        self.test_data: ImageTensors | None = None
+        self.train_per_image, train_batched = split_transforms(dataset.train_transform, "dataset.train_transform")
+        self.eval_per_image, eval_batched = split_transforms(dataset.eval_transform, "dataset.eval_transform")
+        self.transform = DeviceTransform(dataset.mean, dataset.std, train_batched, eval_batched)
+        # A partial completed with the number of classes in setup() (timm's Mixup needs it).
+        self._batch_transform_factory = batch_transform
+        self.batch_transform: Callable | None = None
+        self.train_data: ImageSplit | None = None
+        self.test_data: ImageSplit | None = None
         self.tasks: list[Task] = []
 
     # -- data --------------------------------------------------------------------------------------
@@ -157,6 +208,36 @@ class ContinualDataModule(pl.LightningDataModule):
         self._task_of_example = torch.full((len(self.train_data),), -1, dtype=torch.long)
         for task in reversed(self.tasks):
             self._task_of_example[task.train_index] = task.id
+        if self._batch_transform_factory is not None:
+            try:
+                self.batch_transform = self._batch_transform_factory(num_classes=self.dataset.num_classes)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError("data.batch_transform", str(exc).splitlines()[0]) from None
+        self._check_per_image_transforms()
+
+    def _check_per_image_transforms(self) -> None:
+        """Pre-flight: run the per-image transforms on two images of each split (on RNG streams of
+        their own, so the run's RNGs stay untouched)."""
+        for key, split, transform in (
+            ("dataset.train_transform", self.train_data, self.train_per_image),
+            ("dataset.eval_transform", self.test_data, self.eval_per_image),
+        ):
+            if transform is None:
+                continue
+            try:
+                with isolated_rng(self.seed):
+                    _, x = split.fetch(torch.tensor([0, len(split) - 1]), transform)
+            except (TypeError, ValueError, AttributeError, RuntimeError) as exc:
+                raise ConfigError(key, f"fails on the dataset's images: {str(exc).splitlines()[0]}") from None
+            if x.dtype != torch.uint8 and not (
+                x.is_floating_point() and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+            ):
+                raise ConfigError(
+                    key,
+                    f"must give uint8 or [0, 1] float tensors (the datamodule normalises), got {x.dtype} "
+                    f"in [{float(x.min()):.3g}, {float(x.max()):.3g}]",
+                    "PILToTensor or ToTensor last; timm's create_transform with normalize: false",
+                )
 
     @property
     def n_tasks(self) -> int:
@@ -177,8 +258,14 @@ class ContinualDataModule(pl.LightningDataModule):
         # The loader's own generator only seeds workers; giving it one keeps iter() from drawing
         # on the global torch RNG, which the augmentations use.
         order_seed = self.seed * 1_000_003 + epoch
+        if isinstance(self.train_data, ImageTensors) and self.train_per_image is None:  # the fast path
+            examples = _IndexedImages(self.train_data, index, self._task_of_example)
+        else:
+            examples = _TransformedImages(
+                self.train_data, index, self._task_of_example, self.train_per_image, order_seed
+            )
         return ResumableLoader(
-            _IndexedImages(self.train_data, index, self._task_of_example),
+            examples,
             batch_size=self.batch_size,
             sampler=EpochPermutation(len(index), order_seed),
             generator=torch.Generator().manual_seed(order_seed),
@@ -196,15 +283,41 @@ class ContinualDataModule(pl.LightningDataModule):
         index = method.training_indices(task, self.tasks) if method is not None else task.train_index
         return self.train_loader_for(index, epoch)
 
+    def eval_batches(self, index: torch.Tensor, batch_size: int, device) -> Iterator[torch.Tensor]:
+        """The evaluation inputs of test examples ``index``, preprocessed on ``device``,
+        ``batch_size`` at a time and in order (for ``evaluate_tasks``)."""
+        chunks = index.split(batch_size)
+        if isinstance(self.test_data, ImageTensors) and self.eval_per_image is None:  # the fast path
+            for chunk in chunks:
+                yield self.preprocess_eval(self.test_data.x[chunk].to(device, non_blocking=True))
+            return
+        inputs = DataLoader(
+            _EvalChunks(self.test_data, chunks, self.eval_per_image),
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+        for x in inputs:
+            yield self.transform(x.to(device, non_blocking=True), train=False)
+
     # -- device-side transforms ------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        raw, y, task, index = batch
+        raw, y, task, index, *transformed = batch  # transformed: the per-image training view, if any
         training = self.trainer is not None and self.trainer.training
-        return Batch(self.transform(raw, train=training), y, task, index, raw)
+        x = self.transform(transformed[0] if transformed else raw, train=training)
+        if training and self.batch_transform is not None:
+            x, target = mix_batch(self.batch_transform, x, y)
+            return Batch(x, y, task, index, raw, target)
+        return Batch(x, y, task, index, raw)
 
     def preprocess_eval(self, raw: torch.Tensor) -> torch.Tensor:
+        """Evaluation view of raw uint8 inputs."""
+        if self.eval_per_image is not None:
+            raw = per_image_on_tensors(self.eval_per_image, raw)
         return self.transform(raw, train=False)
 
     def augment(self, raw: torch.Tensor) -> torch.Tensor:
         """Training-time view of raw uint8 inputs (used to re-augment replayed examples)."""
+        if self.train_per_image is not None:
+            raw = per_image_on_tensors(self.train_per_image, raw)
         return self.transform(raw, train=True)

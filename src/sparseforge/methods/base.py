@@ -28,6 +28,12 @@ declaration and hands the engine over, so a method never imports the glue:
 - ``current_ce_classes``: which classes the current batch's cross-entropy sees, ``"all"`` or
   ``"task"`` (the current task's only; replay terms always see every class).
 
+Soft targets: with ``data.batch_transform`` (timm's Mixup/CutMix, label smoothing) the current
+batch carries soft targets (``training_target(batch)``: N x C) next to its hard labels
+``batch.y``. Methods whose loss is plain cross-entropy on the current batch take them
+(``supports_soft_targets``: finetune, joint, ER); the others refuse the combination before any
+work. Replay buffers always store the hard labels and the un-mixed raw inputs.
+
 Per-step bookkeeping belongs in ``observe``/``training_step`` (or an optimizer-step hook), not in
 the module's ``on_train_batch_end``: Lightning calls that after the callbacks', and so after a
 checkpoint saved inside an epoch (``callbacks.model_checkpoint.every_n_train_steps``).
@@ -62,6 +68,13 @@ class SchedulerInterval(str, Enum):
     step = "step"
 
 
+def training_target(batch) -> torch.Tensor:
+    """What the current batch's cross-entropy trains towards: the soft targets of a batch transform
+    (mixup) when there are any, else the labels."""
+    target = getattr(batch, "target", None)
+    return batch.y if target is None else target
+
+
 class ContinualMethod(pl.LightningModule):
     #: Name used in configs, logs and errors.
     name: ClassVar[str] = "base"
@@ -71,6 +84,8 @@ class ContinualMethod(pl.LightningModule):
     sparsity_masks: ClassVar[str] = "any"
     #: Defaults of the generated config schema that point at other config keys.
     config_wiring: ClassVar[dict[str, str]] = {"seed": "${seed}"}
+    #: Whether the loss accepts the soft targets of a batch transform (mixup; see above).
+    supports_soft_targets: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -95,7 +110,7 @@ class ContinualMethod(pl.LightningModule):
     def observe(self, batch) -> torch.Tensor:
         logits = self(batch.x)
         self.track_accuracy(logits, batch.y)
-        return F.cross_entropy(self.current_ce_logits(logits), batch.y)
+        return F.cross_entropy(self.current_ce_logits(logits), training_target(batch))
 
     def track_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Feed the epoch's training accuracy (``train/acc``, torchmetrics). Methods that
@@ -143,6 +158,12 @@ class ContinualMethod(pl.LightningModule):
     def check_setup(self, datamodule) -> None:
         if datamodule.scenario.task_incremental and not self.supports_task_il:
             raise ConfigError("method", f"{self.name} cannot be evaluated task-incrementally", "scenario=class_il")
+        if getattr(datamodule, "batch_transform", None) is not None and not self.supports_soft_targets:
+            raise ConfigError(
+                "data.batch_transform",
+                f"method {self.name} trains on hard labels and cannot take the soft targets of a batch transform",
+                "null, or method=finetune, joint or er",
+            )
 
     def method_state(self) -> dict[str, Any]:
         return {}

@@ -5,4 +5,4 @@ from sparseforge.methods.base import METHODS, ContinualMethod
 
 @METHODS.register("finetune")
 class Finetune(ContinualMethod):
-    pass
+    supports_soft_targets = True

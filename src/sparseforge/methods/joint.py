@@ -7,6 +7,8 @@ from sparseforge.methods.base import METHODS, ContinualMethod
 
 @METHODS.register("joint")
 class Joint(ContinualMethod):
+    supports_soft_targets = True
+
     def training_indices(self, task, tasks):
         # unique: in a blurry stream a class (and its images) recurs across tasks.
         return torch.unique(torch.cat([t.train_index for t in tasks[: task.id + 1]]))

@@ -99,6 +99,7 @@ class SparCLMixin:
     #: Buffer draws per training step of the base method (for the dense reference).
     replay_draws_per_step: ClassVar[int] = 1
     sparsity_masks = "engine"  # TDM and DGM act on the sparsity engine's masks
+    supports_soft_targets = False  # DDR reads per-example outcomes against hard labels
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -141,7 +141,7 @@ class Sharp(ContinualMethod):
             return
         dm = self.trainer.datamodule
         index = torch.sort(dm.tasks[task_id].train_index).values[: self.learner.selection_samples]
-        inputs = dm.preprocess_eval(dm.train_data.x[index].to(self.device))
+        inputs = dm.preprocess_eval(dm.train_data.raw(index).to(self.device))
         entry = self.learner.start_phase(task_id, phase, inputs)
         self._sync_ranks()
         self.trainer.strategy.setup_optimizers(self.trainer)
@@ -178,7 +178,7 @@ class Sharp(ContinualMethod):
         dm = self.trainer.datamodule
         n = max(self.learner.stm.per_class, self.learner.ltm_per_class)
         positions = first_per_class(dm.train_data.y, task.train_index, task.classes, n)
-        raw = {c: dm.train_data.x[i].to(self.device) for c, i in positions.items() if len(i)}
+        raw = {c: dm.train_data.raw(i).to(self.device) for c, i in positions.items() if len(i)}
         inputs = {c: dm.preprocess_eval(r) for c, r in raw.items()}
         self.learner.end_episode(task.id, inputs, raw)
         self._sync_state()
@@ -228,7 +228,7 @@ class Sharp(ContinualMethod):
 
     def summary_section(self, trainer) -> dict[str, Any]:
         dm = trainer.datamodule
-        image_bytes = int(torch.tensor(dm.train_data.x.shape[1:]).prod())
+        image_bytes = int(torch.tensor(dm.train_data.raw_shape).prod())
         record = self.memory_record
         learner = self.learner
         per_sample = int(torch.tensor(self.model.cutoff_shape).prod()) if learner.activation_replay else image_bytes
