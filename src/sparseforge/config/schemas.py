@@ -367,6 +367,7 @@ class SparsityConfig:
     plot: bool = True
     log_layers: bool = True
     tdm: Optional[TDMRuleConfig] = None  # options of update_rule=tdm (configs/sparsity/sparcl.yaml)
+    backend: str = "masked"  # masked | csr | sparseprop | auto (docs/sparse-execution.md)
 
 
 # -- trainer -------------------------------------------------------------------------------------

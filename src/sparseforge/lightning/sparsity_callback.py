@@ -61,6 +61,7 @@ class SparsityCallback(pl.Callback):
         plot: bool = True,
         log_layers: bool = True,
         tdm: dict[str, Any] | None = None,
+        backend: str = "masked",
     ):
         self.options = SparsityOptions(
             update_rule=update_rule,
@@ -83,6 +84,7 @@ class SparsityCallback(pl.Callback):
             seed=seed,
             check_every_update=check_every_update,
             tdm=dict(tdm) if tdm is not None else None,
+            backend=backend,
         )
         self.plot = plot
         self.log_layers = log_layers
@@ -131,6 +133,10 @@ class SparsityCallback(pl.Callback):
         if sp.masks is not None:
             sp.masks.apply_()
             sp.check()
+        if sp.execution is not None:  # CPU-only kernels on a GPU, or an optimizer they cannot serve
+            sp.execution.check_device()
+            for optimizer in trainer.optimizers:
+                sp.execution.attach_optimizer(optimizer)
         if trainer.is_global_zero:
             self._report_layers(trainer)
 
@@ -254,7 +260,11 @@ class SparsityCallback(pl.Callback):
                 skipped_updates=sp.skipped_updates,
                 grown_total=sp.grown_total,
                 steps=sp.step,
+                backend=o.backend,
+                mask_cache_bytes=sp.masks.factor_cache_bytes(),
             )
+            if sp.execution is not None:
+                sparsity["execution"] = sp.execution.summary()
             if sp.rule.trigger == "epoch":
                 sparsity.update(tdm=dataclasses.asdict(sp.rule.schedule), regrow_dropped=o.regrow_dropped)
             elif sp.rule.changes_topology:

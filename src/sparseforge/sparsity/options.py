@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sparseforge.errors import ConfigError
+from sparseforge.sparsity.backends.execution import BACKENDS
 from sparseforge.sparsity.rules import RULES
 
 UPDATE_RULES = ("dense", *RULES)  # a rule registered in RULES is a valid update_rule
@@ -57,6 +58,10 @@ class SparsityOptions:
     seed: int = 0
     #: Verify exact counts, zero pruned weights and rank agreement after every mask change.
     check_every_update: bool = True
+    #: How sparse layers execute: masked (dense tensors with masks; default, every device) | csr
+    #: (torch.sparse CSR, Linear, CPU) | sparseprop (the SparseProp extra, Linear+Conv2d, CPU) |
+    #: auto (per layer, the fastest kernel timed at the real input). See docs/sparse-execution.md.
+    backend: str = "masked"
     #: Options of the tdm rule (``sparseforge.sparsity.rules.tdm.TDMSchedule`` fields); ignored by
     #: the other rules.
     tdm: Mapping[str, Any] | None = None
@@ -87,6 +92,7 @@ class SparsityOptions:
             ("placement", PLACEMENTS),
             ("drop_schedule", DROP_SCHEDULES),
             ("schedule_scope", SCHEDULE_SCOPES),
+            ("backend", BACKENDS),
         ):
             value = getattr(self, key)
             if value not in allowed:
