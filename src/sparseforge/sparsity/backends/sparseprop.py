@@ -81,6 +81,13 @@ def conv_unsupported(conv: nn.Conv2d) -> str | None:
     return None
 
 
+def _pad_batch(t: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the batch to a multiple of 8: SparseProp 0.1.14's batch-vectorised conv kernels
+    skip the batch remainder (wrong outputs for, e.g., batch 5); zero rows change no gradient."""
+    extra = -t.shape[0] % 8
+    return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous()
 
@@ -119,6 +126,8 @@ class _SparsePropConv(torch.autograd.Function):
     def forward(ctx, x, values, bias, layer, dense_grad):
         plan = layer.plan
         k, stride, padding = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+        batch = x.shape[0]
+        x = _pad_batch(x)
         b, _, h, w = x.shape
         oh = math.floor((h + 2 * padding - k) / stride) + 1
         ow = math.floor((w + 2 * padding - k) / stride) + 1
@@ -127,11 +136,11 @@ class _SparsePropConv(torch.autograd.Function):
         forward = _kernels().sparse_conv2d_vectorized_forward_stride_1 if stride == 1 else None
         forward = forward or _kernels().sparse_conv2d_vectorized_forward_stride_2
         forward(x_perm, *plan.conv_oc_ic_xy(), _f32(values), out, k, padding)
-        y = out.permute(3, 0, 1, 2)
+        y = out.permute(3, 0, 1, 2)[:batch]
         if bias is not None:
             y = y + bias.view(1, -1, 1, 1)
         ctx.plan, ctx.layer, ctx.dense_grad, ctx.has_bias = plan, layer, dense_grad, bias is not None
-        ctx.geometry = (k, stride, padding, tuple(x.shape))
+        ctx.geometry = (k, stride, padding)
         ctx.save_for_backward(x_perm, values)
         return y
 
@@ -139,7 +148,7 @@ class _SparsePropConv(torch.autograd.Function):
     def backward(ctx, gy):
         x_perm, values = ctx.saved_tensors
         plan = ctx.plan
-        k, stride, padding, x_shape = ctx.geometry
+        k, stride, padding = ctx.geometry
         gx_perm = torch.zeros_like(x_perm)
         gvalues = torch.zeros(plan.nnz)
         backward = (
@@ -147,11 +156,11 @@ class _SparsePropConv(torch.autograd.Function):
             if stride == 1
             else _kernels().sparse_conv2d_vectorized_backward_stride_2
         )
-        backward(
-            x_perm, *plan.conv_oc_ic_xy(), _f32(values), _f32(gy.permute(1, 2, 3, 0)), gx_perm, gvalues, k, padding
-        )
+        batch = gy.shape[0]
+        gy_perm = _f32(_pad_batch(gy).permute(1, 2, 3, 0))
+        backward(x_perm, *plan.conv_oc_ic_xy(), _f32(values), gy_perm, gx_perm, gvalues, k, padding)
         if ctx.dense_grad and ctx.needs_input_grad[1]:
-            x = x_perm.permute(3, 0, 1, 2)
+            x = x_perm.permute(3, 0, 1, 2)[:batch]
             ctx.layer.add_dense_grad(torch.nn.grad.conv2d_weight(x, plan.shape, gy, stride=stride, padding=padding))
         gbias = gy.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx_perm.permute(3, 0, 1, 2), gvalues, gbias, None, None
+        return gx_perm.permute(3, 0, 1, 2)[:batch], gvalues, gbias, None, None
