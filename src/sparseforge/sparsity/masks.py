@@ -118,6 +118,11 @@ class MaskSet:
             self._factors[(kind, name)] = cached
         return cached[1]
 
+    def forget_factors(self, name: str) -> None:
+        """Drop the cached mask copies of a layer (it became compressed: nothing to multiply)."""
+        for kind in ("mask", "grad"):
+            self._factors.pop((kind, name), None)
+
     def factor_cache_bytes(self) -> int:
         """Memory held by the cached mask copies (on top of the 1-byte bool masks)."""
         return sum(t.numel() * t.element_size() for _, t in self._factors.values())

@@ -97,6 +97,7 @@ class SparseExecution:
             replaced[id(old_weight)] = (old_weight, layer)
             self.layers[name] = layer
             masks.compressed[name] = layer
+            masks.forget_factors(name)
             self.candidates[name] = usable
             self._prepare_kernels(layer)
         self.chooser = AutoChooser(self.candidates) if backend == "auto" else None
