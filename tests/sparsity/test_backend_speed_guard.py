@@ -25,7 +25,13 @@ def arm(backend: str):
     model = nn.Sequential(nn.Linear(784, 4096))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     sp = Sparsifier(
-        model, optimizer, density=0.05, distribution="uniform", update_rule="static", backend=backend, account_flops=False
+        model,
+        optimizer,
+        density=0.05,
+        distribution="uniform",
+        update_rule="static",
+        backend=backend,
+        account_flops=False,
     )
     return model, optimizer, sp
 
