@@ -119,6 +119,9 @@ class SparsityCallback(pl.Callback):
         if stage != "fit" or self.sparsifier is not None:
             return
         self.sparsifier = Sparsifier(pl_module.model, options=self.options)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: unscale the dense gradient too
+        if self.sparsifier.execution is not None and scaler is not None:
+            self.sparsifier.execution.loss_scale = lambda: scaler.get_scale() if scaler.is_enabled() else None
         if self._saved_state is not None:
             self.sparsifier.load_state_dict(self._saved_state)
             self._saved_state = None

@@ -80,6 +80,9 @@ class SparseExecution:
         self.kept_masked: dict[str, str] = {}
         self.plan_builds = 0
         self.plan_seconds = 0.0
+        # () -> the fp16 loss scale (set by the trainer glue under a GradScaler): the dense gradient
+        # is captured in the backward pass, before the optimizer's gradients are unscaled
+        self.loss_scale = None
         self._hooked: weakref.WeakSet = weakref.WeakSet()
         self._checked: weakref.WeakSet = weakref.WeakSet()
         self.candidates: dict[str, list] = {}
@@ -171,12 +174,16 @@ class SparseExecution:
     def before_step(self, optimizer: torch.optim.Optimizer | None) -> None:
         if optimizer is not None and self.layers:
             self.attach_optimizer(optimizer)
-        if world_size() > 1:  # the dense gradient, averaged like DDP averages .grad
-            for name in sorted(self.layers):
-                grad = self.layers[name]._dense_grad
-                if grad is not None:
-                    dist.all_reduce(grad)
-                    grad.div_(world_size())
+        scale = self.loss_scale() if self.loss_scale is not None else None
+        for name in sorted(self.layers):  # the same order on every rank
+            grad = self.layers[name]._dense_grad
+            if grad is None:
+                continue
+            if world_size() > 1:  # averaged like DDP averages .grad
+                dist.all_reduce(grad)
+                grad.div_(world_size())
+            if scale is not None:
+                grad.div_(scale)
 
     def after_step(self) -> None:
         for layer in self.layers.values():
