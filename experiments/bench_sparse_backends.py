@@ -74,10 +74,12 @@ def mlp_arm(
     return model, optimizer, sp
 
 
-def train_step(model, optimizer, sp, x, y) -> tuple[float, float]:
+def train_step(model, optimizer, sp, x, y=None) -> tuple[float, float]:
+    """One optimizer step: cross-entropy with labels ``y``, or the mean square of the output."""
     cpu, wall = time.process_time(), time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    out = model(x)
+    (F.cross_entropy(out, y) if y is not None else out.square().mean()).backward()
     if sp is not None:
         sp.before_optimizer_step()
     optimizer.step()
@@ -250,16 +252,7 @@ def part_conv(rounds: int) -> dict:
     x = torch.randn(64, 128, 16, 16, generator=g)
 
     def run(arm) -> tuple[float, float]:
-        model, optimizer, sp = arm
-        cpu, wall = time.process_time(), time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        if sp is not None:
-            sp.before_optimizer_step()
-        optimizer.step()
-        if sp is not None:
-            sp.after_optimizer_step()
-        return time.process_time() - cpu, time.perf_counter() - wall
+        return train_step(*arm, x)
 
     arms = {"dense": conv_arm("dense"), "sparseprop": conv_arm("sparseprop"), "auto": conv_arm("auto")}
     r = ratios(interleave(arms, run, rounds), "dense")

@@ -287,3 +287,24 @@ def test_auto_keeps_unsupported_layers_masked_and_says_so(caplog):
         train(model, optimizer, sp, [(x, y)])
     assert any("sparsity.backend=auto: 2 " in r.message for r in caplog.records)  # the logged choice
     assert torch.count_nonzero(model[0].weight.detach()[~sp.masks["0"]]) == 0  # still masked
+
+
+def test_auto_times_again_when_a_layers_density_moves_by_more_than_ten_percent():
+    model, optimizer, sp = build("auto", rule="static")
+    train(model, optimizer, sp, batches(1))
+    choices = sp.execution.chooser.choices
+    assert choices["features.1"]["timings"] == 1
+    mask = sp.masks["features.1"]
+    slightly = mask.clone()
+    slightly.view(-1)[(~mask).view(-1).nonzero()[:5].squeeze(1)] = True  # +5 weights: under 10%
+    sp.apply_masks({"features.1": slightly}, optimizer, target_nnz={"features.1": int(slightly.sum())})
+    train(model, optimizer, sp, batches(1, seed=2))
+    assert choices["features.1"]["timings"] == 1
+    more = slightly.clone()
+    grow = int(0.2 * slightly.sum())
+    more.view(-1)[(~slightly).view(-1).nonzero()[:grow].squeeze(1)] = True  # +20%: a TDM-sized change
+    sp.apply_masks({"features.1": more}, optimizer, target_nnz={"features.1": int(more.sum())})
+    train(model, optimizer, sp, batches(1, seed=3))
+    assert choices["features.1"]["timings"] == 2
+    assert choices["features.1"]["density"] == pytest.approx(float(more.float().mean()))
+    assert sp.execution.layers["features.1"].values.numel() == int(more.sum())  # the count changed too

@@ -32,9 +32,11 @@ class AutoChooser:
         density = layer.plan.density
         if previous is not None and abs(density - previous["density"]) <= RETIME_DENSITY_CHANGE * previous["density"]:
             return
-        timings = {ex.name: self._time(layer, ex, x) for ex in self.candidates[name]}
-        best = min(timings, key=timings.get)
-        layer.executor = next(ex for ex in self.candidates[name] if ex.name == best)
+        # the sparse kernels are CPU kernels: on a GPU the dense ones are the only candidate
+        candidates = [ex for ex in self.candidates[name] if x.device.type == "cpu" or ex.name == "dense"]
+        timings = {ex.name: self._time(layer, ex, x) for ex in candidates} if len(candidates) > 1 else {}
+        best = min(timings, key=timings.get) if timings else candidates[0].name
+        layer.executor = next(ex for ex in candidates if ex.name == best)
         self.choices[name] = {
             "executor": best,
             "density": density,
@@ -43,10 +45,11 @@ class AutoChooser:
             "timings": (previous or {}).get("timings", 0) + 1,
         }
         log.info(
-            "sparsity.backend=auto: %s (density %.4f, input %s) -> %s (fwd+bwd ms: %s)",
+            "sparsity.backend=auto: %s (density %.4f, input %s on %s) -> %s (fwd+bwd ms: %s)",
             name,
             density,
             tuple(x.shape),
+            x.device.type,
             best,
             ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()),
         )

@@ -73,6 +73,8 @@ class SparseExecution:
             reason = sparseprop_kernels.unavailable_reason()
             if reason:
                 raise ConfigError("sparsity.backend", f"backend=sparseprop: {reason}", "masked, csr, auto")
+        if optimizer is not None:  # before any layer changes: a refused optimizer leaves the model as it was
+            check_optimizer(optimizer, backend)
         self.backend = backend
         self.sparsifier = sparsifier
         masks = sparsifier.masks
@@ -107,7 +109,6 @@ class SparseExecution:
         for layer in self.layers.values():
             layer.chooser = self.chooser
         if optimizer is not None and self.layers:
-            check_optimizer(optimizer, backend)
             _swap_in_optimizer(optimizer, replaced)
             self.attach_optimizer(optimizer)
 
