@@ -249,7 +249,7 @@ def part_conv(rounds: int) -> dict:
         return model, optimizer, sp
 
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 128, 16, 16, generator=g)
+    x = torch.randn(64, 128, 16, 16, generator=g).requires_grad_()  # a layer inside a network: input gradient too
 
     def run(arm) -> tuple[float, float]:
         return train_step(*arm, x)

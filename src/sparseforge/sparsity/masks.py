@@ -151,6 +151,16 @@ class MaskSet:
             if grad is not None:
                 grad.mul_(self.factor(name, gmask, kind="grad"))
 
+    @torch.no_grad()
+    def active_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat positions of the active weights, ascending; their values), without a dense copy
+        for compressed layers."""
+        if name in self.compressed:
+            layer = self.compressed[name]
+            return layer.plan.idx, layer.values.detach()
+        positions = self.masks[name].reshape(-1).nonzero().squeeze(1)
+        return positions, self.weight(name).detach().reshape(-1)[positions]
+
     def grad(self, name: str) -> torch.Tensor | None:
         """The layer's dense weight gradient (what the update rules read), or None.
 
@@ -248,7 +258,7 @@ class MaskSet:
                     f"layer {name!r}: mask has {nnz} non-zeros, expected exactly {self.target_nnz[name]} "
                     f"(of {mask.numel()})"
                 )
-            if weights:
+            if weights and name not in self.compressed:  # a compressed layer has no pruned entries to hold
                 stray = int(self.weight(name).detach().ne(0).logical_and_(~mask).count_nonzero())
                 if stray:
                     raise MaskInvariantError(f"layer {name!r}: {stray} pruned weights are not zero")

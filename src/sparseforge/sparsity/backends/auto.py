@@ -37,6 +37,10 @@ class AutoChooser:
         timings = {ex.name: self._time(layer, ex, x) for ex in candidates} if len(candidates) > 1 else {}
         best = min(timings, key=timings.get) if timings else candidates[0].name
         layer.executor = next(ex for ex in candidates if ex.name == best)
+        if best != "dense":  # the timing's dense buffers (two weight-sized tensors) are not needed
+            from sparseforge.sparsity.backends.dense import release_buffers
+
+            release_buffers(layer)
         self.choices[name] = {
             "executor": best,
             "density": density,

@@ -71,7 +71,7 @@ class _CSRLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if ctx.dense_grad:
                 dense = gy.t() @ x2d
-                ctx.layer.add_dense_grad(dense)
+                ctx.layer.add_dense_grad(dense, owned=True)
                 gvalues = plan.gather(dense)
             else:
                 pattern = csr_matrix(plan, values.new_zeros(plan.nnz))

@@ -57,6 +57,12 @@ def dense_weight(layer, values: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def release_buffers(layer) -> None:
+    """Free the persistent dense buffers (the layer moved to a sparse kernel)."""
+    for key in ("_dense_weight", "_dense_weight_key", "_dense_weight_plan", "_dense_wgrad"):
+        layer.__dict__.pop(key, None)
+
+
 class _DenseLinear(torch.autograd.Function):
     """F.linear on the scattered weight, with the weight gradient gathered in one step.
 

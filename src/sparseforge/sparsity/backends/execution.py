@@ -128,7 +128,7 @@ class SparseExecution:
 
     def _prepare_kernels(self, layer: nn.Module) -> None:
         """Build the index structures the layer's kernels need now (timed with the plan)."""
-        names = {ex.name for ex in self.candidates.get(layer.sparse_name, [layer.executor])}
+        names = {layer.executor.name}  # auto builds a candidate's indices when it times it
         if "csr" in names:
             layer.plan.csr()
             layer.plan.csr_transposed()

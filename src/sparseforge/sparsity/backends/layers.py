@@ -76,10 +76,11 @@ class CompressedWeight:
     def wants_dense_grad(self) -> bool:
         return self.dense_grad_wanted is not None and bool(self.dense_grad_wanted())
 
-    def add_dense_grad(self, grad: torch.Tensor) -> None:
+    def add_dense_grad(self, grad: torch.Tensor, owned: bool = False) -> None:
+        """Accumulate this backward's dense weight gradient (``owned``: a fresh tensor, kept as is)."""
         grad = grad.detach().reshape(self.plan.shape)
         if self._dense_grad is None:
-            self._dense_grad = grad.clone()
+            self._dense_grad = grad if owned else grad.clone()
         else:  # gradient accumulation: several backwards per optimizer step
             self._dense_grad.add_(grad)
 

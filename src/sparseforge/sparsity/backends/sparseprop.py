@@ -116,7 +116,7 @@ class _SparsePropLinear(torch.autograd.Function):
         gvalues = torch.zeros(plan.nnz)
         _kernels().sparse_linear_vectorized_backward(x_t, crow, col, _f32(values), _f32(gy.t()), gx_t, gvalues)
         if ctx.dense_grad and ctx.needs_input_grad[1]:
-            ctx.layer.add_dense_grad(gy.t() @ x_t.t())
+            ctx.layer.add_dense_grad(gy.t() @ x_t.t(), owned=True)
         gbias = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx_t.t(), gvalues, gbias, None, None
 
@@ -161,6 +161,7 @@ class _SparsePropConv(torch.autograd.Function):
         backward(x_perm, *plan.conv_oc_ic_xy(), _f32(values), gy_perm, gx_perm, gvalues, k, padding)
         if ctx.dense_grad and ctx.needs_input_grad[1]:
             x = x_perm.permute(3, 0, 1, 2)[:batch]
-            ctx.layer.add_dense_grad(torch.nn.grad.conv2d_weight(x, plan.shape, gy, stride=stride, padding=padding))
+            dense = torch.nn.grad.conv2d_weight(x, plan.shape, gy, stride=stride, padding=padding)
+            ctx.layer.add_dense_grad(dense, owned=True)
         gbias = gy.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx_perm.permute(3, 0, 1, 2)[:batch], gvalues, gbias, None, None

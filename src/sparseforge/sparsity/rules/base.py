@@ -64,14 +64,16 @@ class UpdateRule:
         """Move any tensor state to ``device``."""
 
 
-def drop_smallest(weight: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
-    """``mask`` without the ``n`` active weights of smallest |w| (exact count, deterministic ties).
+def drop_smallest(masks, name: str, n: int) -> torch.Tensor:
+    """The layer's mask without its ``n`` active weights of smallest |w| (exact count,
+    deterministic ties).
 
     Ranked among the active weights only (a tenth of the layer at density 0.1), not over the
     whole layer with +inf for the inactive ones: the same selection for a fraction of the work.
     """
-    active = mask.reshape(-1).nonzero().squeeze(1)
-    dropped = active[top_n_indices(weight.reshape(-1)[active].abs(), n, largest=False)]
+    mask = masks[name]
+    active, values = masks.active_weights(name)
+    dropped = active[top_n_indices(values.abs(), n, largest=False)]
     kept = mask.clone()
     kept.view(-1)[dropped] = False
     return kept
@@ -138,7 +140,7 @@ class DropAndGrow(UpdateRule):
             if n == 0:
                 continue
             mask = masks[name]
-            kept = drop_smallest(masks.weight(name).detach(), mask, n)
+            kept = drop_smallest(masks, name, n)
             if self.regrow_dropped:
                 grown = top_n_mask(self._scores.pop(name).masked_fill_(kept, -math.inf), n)
             else:
