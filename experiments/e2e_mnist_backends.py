@@ -55,7 +55,7 @@ def run(arm: str, out_dir: Path, args) -> dict:
         "test_acc": summary["metrics"].get("test/acc"),
         "density": sparsity.get("density"),
         "executors": sparsity.get("execution", {}).get("executors"),
-        "plan_build_seconds": sparsity.get("execution", {}).get("plan_build_seconds"),
+        "plan_build_cpu_seconds": sparsity.get("execution", {}).get("plan_build_cpu_seconds"),
     }
 
 

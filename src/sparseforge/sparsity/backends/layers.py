@@ -107,7 +107,7 @@ class CompressedWeight:
     @torch.no_grad()
     def remap(self, old: torch.Tensor, new: torch.Tensor, grown: torch.Tensor, optimizer) -> None:
         """Move values and per-element optimizer state to the plan of ``new``; grown entries -> 0."""
-        start = time.perf_counter()
+        start = time.process_time()
         plan = Plan(new)
         kept, where = plan.positions_in(self.plan)
         restart = plan.gather(grown) | ~kept  # new connections (and TDM restarts) start from zero
@@ -116,7 +116,7 @@ class CompressedWeight:
     @torch.no_grad()
     def reload(self, mask: torch.Tensor) -> None:
         """A loaded mask: take the values from the loaded dense weight (or the current one)."""
-        start = time.perf_counter()
+        start = time.process_time()
         source = self._pending_dense if self._pending_dense is not None else self.weight.detach()
         self._pending_dense = None
         plan = Plan(mask)
@@ -143,7 +143,7 @@ class CompressedWeight:
         self.plan = plan
         self._dense_grad = None
         if self.on_new_plan is not None:
-            self.on_new_plan(self, time.perf_counter() - start)
+            self.on_new_plan(self, time.process_time() - start)
 
     def _optimizer(self):
         return self.optimizer_ref() if self.optimizer_ref is not None else None
