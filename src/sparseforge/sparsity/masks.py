@@ -53,7 +53,8 @@ class MaskSet:
         # backend, ``sparsity.backends``): they hold no pruned entries, so the dense masking
         # passes skip them and topology changes are handed to them (``remap``/``reload``).
         self.compressed: dict[str, Any] = {}
-        self._factors: dict[tuple[str, str], tuple[tuple, torch.Tensor]] = {}
+        # (kind, layer) -> (the mask it copies, (its version, dtype, device), the copy)
+        self._factors: dict[tuple[str, str], tuple[torch.Tensor, tuple, torch.Tensor]] = {}
 
     # -- access --------------------------------------------------------------------------------------
     def weight(self, name: str) -> nn.Parameter:
@@ -111,12 +112,11 @@ class MaskSet:
         mask = self.masks[name] if mask is None else mask
         weight = self.layers[name].weight if name not in self.compressed else None
         dtype = weight.dtype if weight is not None else torch.float32
-        key = (id(mask), mask._version, dtype, mask.device)
         cached = self._factors.get((kind, name))
-        if cached is None or cached[0] != key:
-            cached = (key, mask.to(dtype))
+        if cached is None or cached[0] is not mask or cached[1] != (mask._version, dtype, mask.device):
+            cached = (mask, (mask._version, dtype, mask.device), mask.to(dtype))
             self._factors[(kind, name)] = cached
-        return cached[1]
+        return cached[2]
 
     def forget_factors(self, name: str) -> None:
         """Drop the cached mask copies of a layer (it became compressed: nothing to multiply)."""
@@ -125,7 +125,7 @@ class MaskSet:
 
     def factor_cache_bytes(self) -> int:
         """Memory held by the cached mask copies (on top of the 1-byte bool masks)."""
-        return sum(t.numel() * t.element_size() for _, t in self._factors.values())
+        return sum(t.numel() * t.element_size() for _, _, t in self._factors.values())
 
     def _dense_names(self) -> list[str]:
         return [name for name in self.masks if name not in self.compressed]
