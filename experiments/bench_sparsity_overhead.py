@@ -1,7 +1,9 @@
 """Cost of the sparsity machinery, measured side by side in one run.
 
-For each model (the small CNN and timm's resnet18, both at 32x32, batch 128) three copies train on
-the same batches, their steps interleaved one by one in a rotating order:
+For each model three copies train on the same batches, their steps interleaved one by one in a
+rotating order. Models: the small CNN and timm's resnet18 (32x32, batch 128, every conv/linear
+sparse), the MLP 784-4096-4096-10 (batch 64) and ViT-Tiny (patch 4, 32x32, batch 64) with only
+its MLP blocks sparse (``blocks.*.mlp.fc*``). Linear-heavy models are where masking costs show.
 
 - dense: a plain optimizer step (SGD, Nesterov momentum 0.9, weight decay 5e-4);
 - static: + ``Sparsifier`` (ERK, density 0.1): mask gradients before the step, weights after;
@@ -12,11 +14,13 @@ time over a regular step, RigL amortised over ΔT, the update in units of a dens
 peak-memory ratio sparse/dense (each variant in its own process: peak RSS growth from just before
 the model is built to the end of training, an update step included).
 
-    python experiments/bench_sparsity_overhead.py                    # both models, 100 steps
-    python experiments/bench_sparsity_overhead.py --models small_cnn --steps 100
+    python experiments/bench_sparsity_overhead.py                    # all four models, 100 steps
+    python experiments/bench_sparsity_overhead.py --models mlp vit --steps 100 --threads 2
 
-The last stdout line is one JSON object with every figure. CPU runs use one torch thread by
-default: on a shared machine more threads mostly measure contention.
+The last stdout line is one JSON object with every figure. Step times are process CPU time
+(``--clock cpu``, the default: descheduling on a shared machine does not inflate it) or wall
+clock (``--clock wall``). CPU runs use one torch thread by default: on a shared machine more
+threads mostly measure contention.
 """
 
 from __future__ import annotations
@@ -42,17 +46,40 @@ DELTA_T = 100
 DROP_FRACTION = 0.3  # RigL's initial drop fraction: the most expensive update of a run
 
 
+# name: (create_model arguments, input shape without the batch, default batch, sparse layers or None = all)
+MODELS = {
+    "small_cnn": ({"name": "small_cnn", "in_chans": 3, "image_size": 32}, (3, 32, 32), 128, None),
+    "resnet18": ({"name": "resnet18", "in_chans": 3, "image_size": 32}, (3, 32, 32), 128, None),
+    "mlp": (
+        {"name": "mlp", "in_chans": 1, "image_size": 28, "hidden_sizes": [4096, 4096]},
+        (1, 28, 28),
+        64,
+        None,
+    ),
+    "vit": (
+        {"name": "vit_tiny_patch16_224", "in_chans": 3, "image_size": 32, "img_size": 32, "patch_size": 4},
+        (3, 32, 32),
+        64,
+        ["blocks.*.mlp.fc1", "blocks.*.mlp.fc2"],
+    ),
+}
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = time.process_time
+
+
+def input_shape(model_name: str) -> tuple[int, ...]:
+    return MODELS[model_name][1]
+
+
 def build(model_name: str, seed: int = 0):
     torch.manual_seed(seed)
-    if model_name == "small_cnn":
-        model = create_model("small_cnn", num_classes=10, in_chans=3, image_size=32)
-    else:
-        model = create_model(model_name, num_classes=10, in_chans=3, image_size=32)
+    kwargs = dict(MODELS[model_name][0])
+    model = create_model(kwargs.pop("name"), num_classes=10, **kwargs)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     return model, optimizer
 
 
-def make_sparsifier(variant: str, model, optimizer, total_steps: int):
+def make_sparsifier(variant: str, model, optimizer, total_steps: int, model_name: str):
     if variant == "dense":
         return None
     # FLOPs accounting is part of the machinery a run pays for: keep it on.
@@ -64,11 +91,12 @@ def make_sparsifier(variant: str, model, optimizer, total_steps: int):
         update_rule=variant,
         delta_t=DELTA_T,
         total_steps=total_steps,
+        include=MODELS[model_name][3],
     )
 
 
 def step(model, optimizer, sparsifier, x, y) -> float:
-    start = time.perf_counter()
+    start = clock()
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     if sparsifier is not None:
@@ -76,7 +104,7 @@ def step(model, optimizer, sparsifier, x, y) -> float:
     optimizer.step()
     if sparsifier is not None:
         sparsifier.after_optimizer_step()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def timing(model_name: str, steps: int, batch: int, warmup: int) -> dict:
@@ -85,27 +113,31 @@ def timing(model_name: str, steps: int, batch: int, warmup: int) -> dict:
     for v in variants:
         model, optimizer = build(model_name)
         # A schedule long enough that T_end (75%) is after this period's update at step DELTA_T.
-        sp = make_sparsifier(v, model, optimizer, total_steps=4 * (warmup + steps))
+        sp = make_sparsifier(v, model, optimizer, total_steps=4 * (warmup + steps), model_name=model_name)
         if sp is not None:
-            sp.schedule_start = warmup + steps - DELTA_T  # the period's update lands on the last step
+            # a full period: its update lands on the last step; a short run: no update in it (the
+            # amortised figure then uses the separately measured update cost only)
+            sp.schedule_start = warmup + steps - DELTA_T if steps >= DELTA_T else warmup + steps
         runs[v] = (model, optimizer, sp)
     g = torch.Generator().manual_seed(1)
     times = {v: [] for v in variants}
     for i in range(warmup + steps):
-        x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        x, y = torch.randn(batch, *input_shape(model_name), generator=g), torch.randint(0, 10, (batch,), generator=g)
         order = variants[i % 3 :] + variants[: i % 3]  # rotate, so no variant always runs first
         for v in order:
             t = step(*runs[v], x, y)
             if i >= warmup:
                 times[v].append(t)
     rigl = runs["rigl"][2]
-    assert rigl.updates_done == 1, rigl.updates_done  # exactly one update in the timed period
-    update_index = steps - 1
+    full_period = steps >= DELTA_T
+    assert rigl.updates_done == int(full_period), rigl.updates_done  # one update in a full period
+    update_index = steps - 1 if full_period else steps
     regular_rigl = times["rigl"][:update_index] + times["rigl"][update_index + 1 :]
-    update_costs = measure_updates(*runs["rigl"], batch)
+    update_costs = measure_updates(*runs["rigl"], batch, model_name)
     med = {v: statistics.median(times[v]) for v in variants}
     med["rigl_regular"] = statistics.median(regular_rigl)
-    update_extra = times["rigl"][update_index] - med["rigl_regular"]  # one sample: a noisy cross-check
+    # one sample: a noisy cross-check (none in a short run)
+    update_extra = times["rigl"][update_index] - med["rigl_regular"] if full_period else None
     update_cost = statistics.median(update_costs)
     amortised = (med["rigl_regular"] * DELTA_T + update_cost) / DELTA_T
     sums = {v: sum(times[v]) for v in variants}
@@ -122,6 +154,7 @@ def timing(model_name: str, steps: int, batch: int, warmup: int) -> dict:
         "rigl_amortised_over_dense": amortised / med["dense"],
         "rigl_period_sum_over_dense_sum": sums["rigl"] / sums["dense"],
         "static_sum_over_dense_sum": sums["static"] / sums["dense"],
+        "mask_cache_bytes": runs["static"][2].masks.factor_cache_bytes(),
         "steps": steps,
     }
 
@@ -133,19 +166,19 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_updates(model, optimizer, sparsifier, batch: int, repeats: int = 5) -> list[float]:
+def measure_updates(model, optimizer, sparsifier, batch: int, model_name: str, repeats: int = 5) -> list[float]:
     """Seconds for one full RigL update over every layer (grow choice from the dense gradient,
     drop, new masks installed with optimizer-state reset, counts and zeros checked)."""
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    x, y = torch.randn(batch, *input_shape(model_name), generator=g), torch.randint(0, 10, (batch,), generator=g)
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     grads = {n: sparsifier.masks.weight(n).grad for n in sparsifier.masks}
     costs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         sparsifier.update_now(drop_fraction=DROP_FRACTION, dense_grads=grads, optimizer=optimizer)
-        costs.append(time.perf_counter() - start)
+        costs.append(clock() - start)
     return costs
 
 
@@ -158,14 +191,18 @@ def memory_child(model_name: str, variant: str, batch: int) -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(1)
     batches = [
-        (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(4)
+        (torch.randn(batch, *input_shape(model_name), generator=g), torch.randint(0, 10, (batch,), generator=g))
+        for _ in range(4)
     ]
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_kib("VmRSS")
     model, optimizer = build(model_name)
     sp = None
     if variant != "dense":
-        sp = Sparsifier(model, optimizer, density=DENSITY, update_rule=variant, delta_t=2, total_steps=100)
+        include = MODELS[model_name][3]
+        sp = Sparsifier(
+            model, optimizer, density=DENSITY, update_rule=variant, delta_t=2, total_steps=100, include=include
+        )
     for x, y in batches:
         step(model, optimizer, sp, x, y)
     if sp is not None and variant == "rigl":
@@ -190,40 +227,53 @@ def memory(model_name: str, batch: int, repeats: int = 3) -> dict:
     out["static_over_dense"] = out["static_peak_growth_mib"] / out["dense_peak_growth_mib"]
     out["rigl_over_dense"] = out["rigl_peak_growth_mib"] / out["dense_peak_growth_mib"]
     model, optimizer = build(model_name)
-    sp = Sparsifier(model, optimizer, density=DENSITY, update_rule="static", account_flops=False)
+    sp = Sparsifier(
+        model, optimizer, density=DENSITY, update_rule="static", account_flops=False, include=MODELS[model_name][3]
+    )
     n_sparse = sum(sp.masks.numel(n) for n in sp.masks)
     n_params = sum(p.numel() for p in model.parameters())
-    # What the masks add for sure: two bool tensors (mask, ever-active) per sparse weight, against
-    # the fp32 weights, gradients and momentum buffers of a dense SGD run.
+    # What the masks add for sure: two bool tensors (mask, ever-active) per sparse weight and the
+    # cached param-dtype copy of each mask, against the fp32 weights, gradients and momentum
+    # buffers of a dense SGD run.
     out["mask_bytes_mib"] = 2 * n_sparse / 2**20
+    out["mask_cache_mib"] = sp.masks.factor_cache_bytes() / 2**20
     out["dense_param_grad_momentum_mib"] = 3 * 4 * n_params / 2**20
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet18"])
-    parser.add_argument("--steps", type=int, default=DELTA_T, help="timed steps per variant (>= ΔT=100)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=DELTA_T, help="timed steps per variant (ΔT=100 covers a period)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="default: each model's own (see MODELS)")
+    parser.add_argument("--clock", choices=list(CLOCK), default="cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "VARIANT"))
     args = parser.parse_args()
     if args.memory_child:
         memory_child(*args.memory_child, batch=args.batch)
         return
+    global clock
+    clock = CLOCK[args.clock]
     if args.steps < DELTA_T:
-        raise SystemExit(f"--steps must cover one RigL period (>= {DELTA_T})")
-    torch.set_num_threads(args.threads)
-    result = {"density": DENSITY, "delta_t": DELTA_T, "batch": args.batch, "threads": args.threads, "models": {}}
-    for name in args.models:
-        m = memory(name, args.batch)
         print(
-            f"{name}: peak memory static/dense {m['static_over_dense']:.3f}, rigl/dense {m['rigl_over_dense']:.3f}",
-            flush=True,
+            f"--steps {args.steps} < ΔT={DELTA_T}: no update inside the timed period (amortised from its measured cost)"
         )
-        t = timing(name, args.steps, args.batch, args.warmup)
-        result["models"][name] = {"time": t, "memory": m}
+    torch.set_num_threads(args.threads)
+    result = {"density": DENSITY, "delta_t": DELTA_T, "threads": args.threads, "clock": args.clock, "models": {}}
+    for name in args.models:
+        batch = args.batch or MODELS[name][2]
+        m = None
+        if not args.no_memory:
+            m = memory(name, batch)
+            print(
+                f"{name}: peak memory static/dense {m['static_over_dense']:.3f}, rigl/dense {m['rigl_over_dense']:.3f}",
+                flush=True,
+            )
+        t = timing(name, args.steps, batch, args.warmup)
+        result["models"][name] = {"batch": batch, "time": t, "memory": m}
         print(
             f"{name}: step static/dense {t['static_over_dense']:.3f}, rigl amortised/dense {t['rigl_amortised_over_dense']:.3f} "
             f"(period sum {t['rigl_period_sum_over_dense_sum']:.3f}), update = {t['rigl_update_in_dense_steps']:.2f} dense steps",

@@ -275,7 +275,10 @@ print("ok", sparsifier.global_density(), sparsifier.flops.train_relative_to_dens
     assert 0.1 < float(relative) < 0.2  # sparse steps plus five dense-gradient update steps
 
 
-@pytest.mark.parametrize(("numel", "n"), [(1_000_000, 1_000), (2_359_296, 70_000), (600_000, 149_999), (300_000, 7)])
+@pytest.mark.parametrize(
+    ("numel", "n"),
+    [(1_000_000, 1_000), (2_359_296, 70_000), (600_000, 149_999), (300_000, 7), (3_000_000, 900_000), (2_000_000, 1)],
+)
 @pytest.mark.parametrize("largest", [True, False])
 def test_chunked_top_n_selects_exactly_what_topk_selects(numel, n, largest):
     from sparseforge.sparsity.placement import top_n_indices
@@ -283,4 +286,16 @@ def test_chunked_top_n_selects_exactly_what_topk_selects(numel, n, largest):
     scores = torch.rand(numel, generator=torch.Generator().manual_seed(numel))  # distinct values: one answer
     got = top_n_indices(scores, n, largest)
     assert got.numel() == n
+    assert set(got.tolist()) == set(torch.topk(scores, n, largest=largest).indices.tolist())
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_threshold_preselection_is_exact_even_when_its_sample_misleads(largest):
+    from sparseforge.sparsity.placement import top_n_indices
+
+    # every sampled position (stride numel / 2**16) holds a score that would set the threshold wrong
+    numel, n = 1 << 21, 600_000
+    scores = torch.rand(numel, generator=torch.Generator().manual_seed(3))
+    scores[:: numel >> 16] = 2.0 if largest else -1.0
+    got = top_n_indices(scores, n, largest)
     assert set(got.tolist()) == set(torch.topk(scores, n, largest=largest).indices.tolist())

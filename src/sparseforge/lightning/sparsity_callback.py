@@ -81,6 +81,9 @@ class SparsityCallback(pl.Callback):
         if stage != "fit" or self.sparsifier is not None:
             return
         self.sparsifier = Sparsifier(pl_module.model, options=self.options)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: unscale the dense gradient too
+        if self.sparsifier.execution is not None and scaler is not None:
+            self.sparsifier.execution.loss_scale = lambda: scaler.get_scale() if scaler.is_enabled() else None
         if self._saved_state is not None:
             self.sparsifier.load_state_dict(self._saved_state)
             self._saved_state = None
@@ -95,6 +98,10 @@ class SparsityCallback(pl.Callback):
         if sp.masks is not None:
             sp.masks.apply_()
             sp.check()
+        if sp.execution is not None:  # CPU-only kernels on a GPU, or an optimizer they cannot serve
+            sp.execution.check_device()
+            for optimizer in trainer.optimizers:
+                sp.execution.attach_optimizer(optimizer)
         if trainer.is_global_zero:
             self._report_layers(trainer)
 
@@ -218,7 +225,11 @@ class SparsityCallback(pl.Callback):
                 skipped_updates=sp.skipped_updates,
                 grown_total=sp.grown_total,
                 steps=sp.step,
+                backend=o.backend,
+                mask_cache_bytes=sp.masks.factor_cache_bytes(),
             )
+            if sp.execution is not None:
+                sparsity["execution"] = sp.execution.summary()
             if sp.rule.trigger == "epoch":
                 sparsity.update(tdm=dataclasses.asdict(sp.rule.schedule), regrow_dropped=o.rule.regrow_dropped)
             elif sp.rule.changes_topology:

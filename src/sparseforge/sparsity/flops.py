@@ -14,10 +14,12 @@ from torch.utils.flop_counter import FlopCounterMode
 @torch.no_grad()
 def forward_flops_per_module(model: nn.Module, example: torch.Tensor) -> tuple[int, dict[str, int]]:
     """(total forward FLOPs of the model, FLOPs of each named submodule) for ``example`` (batch 1)."""
+    from sparseforge.sparsity.backends.layers import reference_forward
+
     was_training = model.training
     model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
+    try:  # compressed layers count as the dense layers they stand for
+        with FlopCounterMode(display=False) as counter, reference_forward():
             model(example)
     finally:
         model.train(was_training)

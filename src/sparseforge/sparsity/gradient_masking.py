@@ -82,7 +82,7 @@ class DynamicGradientMasking:
         self.refreshed = False
         if not due:
             return
-        grads = {name: masks.weight(name).grad for name in masks}
+        grads = {name: masks.grad(name) for name in masks}
         if not all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()):
             return  # a skipped AMP step or a layer outside the loss: keep the previous mask
         new, kept = {}, {}

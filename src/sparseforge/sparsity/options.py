@@ -18,6 +18,7 @@ from typing import Any
 
 from sparseforge.errors import ConfigError
 from sparseforge.options import as_plain, build_options, unknown_key_error
+from sparseforge.sparsity.backends.execution import BACKENDS
 from sparseforge.sparsity.rules import RULES, UpdateRule
 
 log = logging.getLogger("sparseforge")
@@ -58,6 +59,10 @@ class SparsityOptions:
     seed: int = 0
     #: Verify exact counts, zero pruned weights and rank agreement after every mask change.
     check_every_update: bool = True
+    #: How sparse layers execute: masked (dense tensors with masks; default, every device) | csr
+    #: (torch.sparse CSR, Linear, CPU) | sparseprop (the SparseProp extra, Linear+Conv2d, CPU) |
+    #: auto (per layer, the fastest kernel timed at the real input). See docs/sparse-execution.md.
+    backend: str = "masked"
     #: The update rule's own settings (its ``Options``; e.g. ``regrow_dropped``, ``momentum_decay``,
     #: ``tdm``). Built by ``from_values`` from the same flat mapping.
     rule: Any = None
@@ -123,6 +128,7 @@ class SparsityOptions:
             ("placement", PLACEMENTS),
             ("drop_schedule", DROP_SCHEDULES),
             ("schedule_scope", SCHEDULE_SCOPES),
+            ("backend", BACKENDS),
         ):
             value = getattr(self, key)
             if value not in allowed:

@@ -24,8 +24,13 @@ def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.T
     flat = scores.reshape(-1)
     if n <= 0:
         return torch.empty(0, dtype=torch.long, device=flat.device)
-    if flat.numel() <= TOPK_CHUNK or n > flat.numel() // 4:
+    chunks = -(-flat.numel() // TOPK_CHUNK)
+    if flat.numel() <= TOPK_CHUNK:
         return torch.topk(flat, n, largest=largest, sorted=False).indices
+    if n * chunks > flat.numel() // 2:
+        # Chunking would keep most entries as candidates (no memory saved, twice as slow):
+        # pre-select by a threshold read off a strided sample instead.
+        return _top_n_by_threshold(flat, n, largest)
     # The overall top n lie among each chunk's top min(n, chunk) (exact, not an approximation).
     values, indices = [], []
     for start in range(0, flat.numel(), TOPK_CHUNK):
@@ -35,6 +40,28 @@ def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.T
         indices.append(i.add_(start))
     candidates = torch.cat(indices)
     return candidates[torch.topk(torch.cat(values), n, largest=largest, sorted=False).indices]
+
+
+SAMPLE = 1 << 16  # scores read to place the pre-selection threshold
+MARGIN = 1.25  # the threshold aims at this many times n candidates
+
+
+def _top_n_by_threshold(flat: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
+    """Exact top ``n`` for large ``n``: keep the scores beyond a threshold that at least ``n``
+    pass, then one topk among those (a quarter or so of the tensor, not all of it).
+
+    The threshold is an order statistic of a strided sample (no randomness: every rank picks the
+    same). If fewer than ``n`` scores pass it (an unlucky sample), one topk over everything.
+    """
+    numel = flat.numel()
+    sample = flat[:: max(1, numel // SAMPLE)]
+    rank = min(sample.numel(), max(1, int(sample.numel() * MARGIN * n / numel) + 1))
+    threshold = torch.topk(sample, rank, largest=largest, sorted=False).values
+    threshold = threshold.min() if largest else threshold.max()
+    candidates = (flat >= threshold if largest else flat <= threshold).nonzero().squeeze(1)
+    if candidates.numel() < n:
+        return torch.topk(flat, n, largest=largest, sorted=False).indices
+    return candidates[torch.topk(flat[candidates], n, largest=largest, sorted=False).indices]
 
 
 def top_n_mask(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseforge.sparsity.backends import SparseExecution
 from sparseforge.sparsity.distributed import broadcast_masks
 from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.flops import FlopsAccountant
@@ -78,6 +79,7 @@ class Sparsifier:
 
         self.masks: MaskSet | None = None
         self.rule: UpdateRule | None = None
+        self.execution: SparseExecution | None = None  # a sparse execution backend (options.backend)
         if not options.is_dense:
             layers = select_layers(
                 model, options.include, options.exclude, options.dense_first_layer, options.dense_last_layer
@@ -92,6 +94,8 @@ class Sparsifier:
                     for name, n in nnz.items():
                         self.masks.weight(name).mul_((self.masks.numel(name) / n) ** 0.5)
             self.check()
+            if options.backend != "masked":
+                self.execution = SparseExecution(self, options.backend, optimizer)
         self.flops = FlopsAccountant(model, self.sparse_layer_names, example_input) if account_flops else None
 
     # -- what is sparse -----------------------------------------------------------------------------
@@ -118,9 +122,10 @@ class Sparsifier:
 
     def model_density(self) -> float:
         """Non-zeros over every parameter of the model (dense layers, biases and norms included)."""
-        total = sum(p.numel() for p in self.model.parameters())
         if self.masks is None:
             return 1.0
+        total = sum(p.numel() for p in self.model.parameters())
+        total += sum(layer.plan.numel - layer.plan.nnz for layer in self.masks.compressed.values())
         pruned = sum(self.masks.numel(n) - k for n, k in self.layer_nnz().items())
         return (total - pruned) / total
 
@@ -154,12 +159,14 @@ class Sparsifier:
             self.optimizer = optimizer
         if self.masks is None:
             return
+        if self.execution is not None:
+            self.execution.before_step(self.optimizer)
         if self.gradient_policy is not None:
             self.gradient_policy.before_step(self.masks)
         upcoming = self.step + 1
         update_next = self.is_update_step(upcoming)
         if update_next or self.rule.observes_every_step:
-            grads = {name: self.masks.weight(name).grad for name in self.masks}
+            grads = {name: self.masks.grad(name) for name in self.masks}
             if self.rule.observes_every_step:
                 self.rule.observe(self, grads)
             if update_next:
@@ -193,6 +200,8 @@ class Sparsifier:
             fraction = self.drop_fraction_at(self.step)
             stats = self.apply_masks(self.rule.propose(self, fraction), drop_fraction=fraction)
         self._prepared = self._dense_grad_step = False
+        if self.execution is not None:
+            self.execution.after_step()
         return stats
 
     def update_now(

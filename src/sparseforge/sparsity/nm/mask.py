@@ -52,11 +52,17 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
     """Per row, True at the ``n`` largest entries; among equal values the lower index wins.
 
-    A stable descending sort defines the rule. When only one or two entries are picked or
-    dropped (1:M, 2:M, (M-1):M), repeated argmax/argmin gives the same answer several times
-    faster (argmax/argmin return the first extremum, which is the lower index).
+    A stable descending sort defines the rule. For small ``n`` (1:M, 2:M, the usual targets) the
+    mask comes from ``n`` passes of a per-group max instead: one reduction and one comparison per
+    pass, several times faster than a sort or ``argmax`` over rows of M. It is exact whenever no
+    group has a tie among the values it compares (checked with one count); otherwise the
+    tie-aware rule below decides.
     """
     m = groups.shape[1]
+    if n <= 2 and n < m:
+        keep = _keep_largest_by_max(groups, n)
+        if keep is not None:
+            return keep
     if min(n, m - n) > 2:
         order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
         return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device).scatter_(1, order, True)
@@ -76,6 +82,24 @@ def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
         worst = values.argmin(dim=1)
         keep[rows, m - 1 - worst] = False
         values[rows, worst] = torch.inf
+    return keep
+
+
+def _keep_largest_by_max(groups: torch.Tensor, n: int) -> torch.Tensor | None:
+    """``n`` passes of "keep the entries equal to the group's max"; None if any pass met a tie
+    (or a NaN), where the position rule must decide."""
+    values = groups if n == 1 else groups.clone()
+    keep = None
+    for _ in range(n):
+        top = values.amax(dim=1, keepdim=True)
+        if bool(torch.isnan(top).any()):  # amax propagates NaN: the position rule decides
+            return None
+        is_max = values >= top  # == top (no NaN here); the >= kernel is the faster one
+        keep = is_max if keep is None else keep.logical_or_(is_max)
+        if n > 1:
+            values.masked_fill_(is_max, -torch.inf)
+    if int(keep.count_nonzero()) != n * groups.shape[0]:
+        return None  # a tie gave some group an extra entry
     return keep
 
 

@@ -35,31 +35,34 @@ class _NMMaskedWeight(torch.autograd.Function):
       the baseline does), so it goes through the optimizer, its moments and gradient clipping.
       Under fp16 loss scaling the incoming gradient is scaled by S and is unscaled before the
       step, so the term is multiplied by S here (``loss_scale()``) to stay lambda * w after it.
+
+    ``factor`` is ``keep`` in the weight's dtype (cached with the mask by ``NMWeight``).
     """
 
     @staticmethod
-    def forward(ctx, weight, keep, alpha: float, sr_lambda: float, exact_grad: bool, loss_scale=None):
-        scale = keep.to(weight.dtype) if alpha == 0.0 else torch.where(keep, 1.0, alpha).to(weight.dtype)
-        ctx.alpha, ctx.sr_lambda, ctx.exact_grad, ctx.loss_scale = alpha, sr_lambda, exact_grad, loss_scale
-        ctx.save_for_backward(keep, weight if sr_lambda else None)
-        return weight * scale
+    def forward(ctx, weight, keep, factor, alpha: float, sr_lambda: float, exact_grad: bool, loss_scale=None):
+        scale = factor if alpha == 0.0 else torch.where(keep, 1.0, alpha).to(weight.dtype)
+        ctx.sr_lambda, ctx.exact_grad, ctx.loss_scale = sr_lambda, exact_grad, loss_scale
+        out = weight * scale
+        # SR-STE's (1 - keep) * w is w - w * keep, and w * keep is this output when alpha is 0
+        kept = (out if alpha == 0.0 else weight * factor) if sr_lambda else None
+        ctx.save_for_backward(scale if exact_grad else None, kept, weight if sr_lambda else None)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        keep, weight = ctx.saved_tensors
+        scale, kept, weight = ctx.saved_tensors
         if ctx.exact_grad:
-            grad = grad * (
-                keep.to(grad.dtype) if ctx.alpha == 0.0 else torch.where(keep, 1.0, ctx.alpha).to(grad.dtype)
-            )
+            grad = grad * scale
         if ctx.sr_lambda:
-            term = ctx.sr_lambda * (~keep).to(weight.dtype) * weight
-            if ctx.loss_scale is not None:
-                scale = ctx.loss_scale()
-                if scale is None:
+            if ctx.loss_scale is None:  # grad + lambda * (w - w * keep), in two passes
+                grad = torch.add(grad, weight, alpha=ctx.sr_lambda).sub_(kept, alpha=ctx.sr_lambda)
+            else:
+                loss_scale = ctx.loss_scale()
+                if loss_scale is None:
                     raise RuntimeError("SR-STE under fp16 loss scaling: the GradScaler has no scale yet")
-                term = term * scale.to(term.dtype)
-            grad = grad + term
-        return grad, None, None, None, None, None
+                grad = grad + ctx.sr_lambda * (weight - kept) * loss_scale.to(weight.dtype)
+        return grad, None, None, None, None, None, None
 
 
 class NMWeight(nn.Module):
@@ -78,6 +81,10 @@ class NMWeight(nn.Module):
         self._position: tuple[int, int] | None = (0, 0)
         # () -> current fp16 loss scale (a tensor), set by the trainer glue under 16-mixed; not state
         self.loss_scale: Callable[[], torch.Tensor | None] | None = None
+        # (key, keep, factor): the mask of the last weight seen. The key holds the weight's version
+        # counter, which every in-place change (optimizer step, load) bumps: evaluation and the
+        # micro-batches of an accumulated step reuse the mask of the step that made the weight.
+        self._mask_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     # -- schedule position ----------------------------------------------------------------------
     def set_position(self, clock: int, total: int) -> None:
@@ -112,11 +119,24 @@ class NMWeight(nn.Module):
         phase = self.phase()
         if phase.dense:
             return weight
-        keep = nm_mask(weight, phase.n, phase.m)
+        keep, factor = self.mask(weight, phase.n, phase.m)
         schedule = self.schedule
         sr_lambda = schedule.srste_lambda if schedule.mode == "srste" else 0.0
         exact_grad = schedule.mode == "mdgf" and schedule.decay_backward == "autograd"
-        return _NMMaskedWeight.apply(weight, keep, phase.alpha, sr_lambda, exact_grad, self.loss_scale)
+        return _NMMaskedWeight.apply(weight, keep, factor, phase.alpha, sr_lambda, exact_grad, self.loss_scale)
+
+    def mask(self, weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bool mask, the mask in the weight's dtype), recomputed only when the weight changed."""
+        key = (weight._version, weight.data_ptr(), n, m, weight.dtype, weight.device)
+        cached = self._mask_cache
+        if cached is None or cached[0] != key:
+            keep = nm_mask(weight, n, m)
+            cached = self._mask_cache = (key, keep, keep.to(weight.dtype))
+        return cached[1], cached[2]
+
+    def mask_recomputations_key(self) -> tuple | None:
+        """The key of the cached mask (tests and tools: did the mask get recomputed?)."""
+        return None if self._mask_cache is None else self._mask_cache[0]
 
     def extra_repr(self) -> str:
         return f"target={self.schedule.pattern}, mode={self.schedule.mode}"

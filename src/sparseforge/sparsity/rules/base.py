@@ -79,6 +79,21 @@ class UpdateRule:
         """Move any tensor state to ``device``."""
 
 
+def drop_smallest(masks, name: str, n: int) -> torch.Tensor:
+    """The layer's mask without its ``n`` active weights of smallest |w| (exact count,
+    deterministic ties).
+
+    Ranked among the active weights only (a tenth of the layer at density 0.1), not over the
+    whole layer with +inf for the inactive ones: the same selection for a fraction of the work.
+    """
+    mask = masks[name]
+    active, values = masks.active_weights(name)
+    dropped = active[top_n_indices(values.abs(), n, largest=False)]
+    kept = mask.clone()
+    kept.view(-1)[dropped] = False
+    return kept
+
+
 class DropAndGrow(UpdateRule):
     """Drop the ``floor(α·n_active)`` smallest |w| of each layer, grow as many by ``grow_scores``.
 
@@ -145,9 +160,7 @@ class DropAndGrow(UpdateRule):
             if n == 0:
                 continue
             mask = masks[name]
-            drop_scores = masks.weight(name).detach().abs().masked_fill_(~mask, math.inf)
-            kept = top_n_mask(drop_scores, n, largest=False).logical_not_().logical_and_(mask)
-            del drop_scores
+            kept = drop_smallest(masks, name, n)
             if self.options.regrow_dropped:
                 grown = top_n_mask(self._scores.pop(name).masked_fill_(kept, -math.inf), n)
             else:
