@@ -100,9 +100,13 @@ class MaskSet:
             self.weight(name).mul_(_as_factor(mask))
 
     @torch.no_grad()
-    def mask_grads_(self) -> None:
-        """Zero the gradients of pruned weights (and, with gradient masks, of frozen ones)."""
-        for name, mask in self.masks.items():
+    def mask_grads_(self, pruned: bool = True) -> None:
+        """Zero the gradients of pruned weights (and, with gradient masks, of frozen ones).
+
+        ``pruned=False`` leaves the gradients of pruned weights to the optimizer, so its state
+        (momentum, Adam's moments) follows the dense gradient there, which momentum-based growth
+        reads; ``after_step`` zeroes those weights again either way."""
+        for name, mask in self.masks.items() if pruned else ():
             grad = self.weight(name).grad
             if grad is not None:
                 grad.mul_(_as_factor(mask))
@@ -112,9 +116,9 @@ class MaskSet:
                 grad.mul_(_as_factor(gmask))
 
     @torch.no_grad()
-    def before_step(self) -> None:
+    def before_step(self, mask_pruned: bool = True) -> None:
         """Call after backward (and AMP unscaling), before ``optimizer.step()``."""
-        self.mask_grads_()
+        self.mask_grads_(pruned=mask_pruned)
         self._frozen = {name: self.weight(name).detach().clone() for name in self.grad_masks}
 
     @torch.no_grad()
