@@ -7,6 +7,7 @@ summed, so the result is exact (no padding duplicates as with DistributedSampler
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -24,10 +25,13 @@ def evaluate_tasks(
     device: torch.device,
     batch_size: int = 512,
     limit_batches: int | None = None,
+    task_context: Callable[[Task], AbstractContextManager] | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy per task. ``score_fn`` maps a preprocessed batch to class scores (B x C).
 
     class-IL: argmax over all classes. task-IL: argmax over the task's own classes.
+    ``task_context(task)``, if given, is entered around the scoring of each task's examples: a
+    method that keeps one subnetwork per task puts that task's weights into the model there.
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -38,14 +42,15 @@ def evaluate_tasks(
             index = index[: limit_batches * batch_size]
         index = index[rank::world]
         classes = torch.tensor(task.classes, device=device)
-        for start in range(0, len(index), batch_size):
-            chunk = index[start : start + batch_size]
-            x = preprocess(test.x[chunk].to(device, non_blocking=True))
-            y = test.y[chunk].to(device)
-            scores = score_fn(x).float()
-            counts[k, 0] += (scores.argmax(1) == y).sum()
-            counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()
-            counts[k, 2] += len(chunk)
+        with task_context(task) if task_context is not None else nullcontext():
+            for start in range(0, len(index), batch_size):
+                chunk = index[start : start + batch_size]
+                x = preprocess(test.x[chunk].to(device, non_blocking=True))
+                y = test.y[chunk].to(device)
+                scores = score_fn(x).float()
+                counts[k, 0] += (scores.argmax(1) == y).sum()
+                counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()
+                counts[k, 2] += len(chunk)
     if distributed:
         dist.all_reduce(counts)
     n = counts[:, 2].clamp(min=1)
