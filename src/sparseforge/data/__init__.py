@@ -3,6 +3,7 @@
 from sparseforge.data.base import DATA_DIR_ENV, ImageDataset, ImageTensors
 from sparseforge.data.cifar import CIFAR10, CIFAR100
 from sparseforge.data.digits import Digits
+from sparseforge.data.mini_imagenet import MiniImageNet
 from sparseforge.data.mnist import MNIST, EMNISTLetters, FashionMNIST
 from sparseforge.data.tiny_imagenet import TinyImageNet
 
@@ -16,5 +17,6 @@ __all__ = [
     "ImageDataset",
     "ImageTensors",
     "MNIST",
+    "MiniImageNet",
     "TinyImageNet",
 ]
