@@ -77,6 +77,11 @@ MID_EPOCH = {
     # 2 tasks x 6 epochs, 10 batches each until the removal at epoch 2; step 76 is inside task 1's
     # first epoch, after TDM's shrink, DDR's first removal of task 0 and several DGM refreshes
     "sparcl": (lambda d: sparcl_overrides(d, "callbacks=default"), 76),
+    # CL-with-DST, task 1 = epochs 3-5: step 32 is after task 1's first topology update (its step 4),
+    # with task 0's weights frozen, the best epoch of task 0 kept and Adam's moments feeding growth
+    "cl_dst": (lambda d: [*QUIET, "method=cl_dst", "scenario=task_il", "optimizer=adam", "method.growth=momentum",
+                          "method.keep=best_train_acc", "method.update_frequency=4", "scenario.epochs_per_task=3",
+                          "model.dropout=0.2", "seed=5"], 32),
     # 5 tasks x 2 epochs of 3 batches, two phases per task; step 10 is inside task 1's 2nd phase
     "sharp": (lambda d: ["dataset=mnist", "dataset.download=false", "model=sharp_mnistlike", "method=sharp",
                          "sparsity=dense", "optimizer=adadelta", "logger=none", "data.batch_size=32",
@@ -96,10 +101,10 @@ MID_EPOCH = {
 def comparable(run_dir: Path) -> dict:
     """summary.json without what legitimately differs between two processes (timings, paths)."""
     s = summary(run_dir)
-    for key in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics"):
+    for key in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst"):
         if isinstance(s.get(key), dict):
             s[key] = {k: v for k, v in s[key].items() if "seconds" not in k and k != "eval_share"}
-    return {k: s.get(k) for k in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics")}
+    return {k: s.get(k) for k in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst")}
 
 
 @pytest.mark.parametrize("name", list(MID_EPOCH))
