@@ -4,8 +4,6 @@ that restart per task, pre-flight errors, and exact resume after a SIGKILL insid
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,7 +14,6 @@ from sparseforge.continual import metrics
 from sparseforge.errors import ConfigError
 from sparseforge.train import build, collect_summary, train
 from tests.helpers.cl import QUIET, one_thread, summary
-from tests.helpers.cli import REPO
 from tests.helpers.config import compose_config
 from tests.helpers.fake_data import write_cifar
 
@@ -200,7 +197,7 @@ def test_summary_reports_capacity_and_flops(tmp_path):
 def test_sigkilled_run_resumes_exactly_inside_a_task(tmp_path, data_dir):
     """A real SIGKILL from outside, inside an epoch of task 1 (after DST updates and with frozen
     weights), then one at a task boundary: the resumed run ends bit-identical to an uninterrupted one."""
-    from tests.lightning.test_cl_resume import assert_same_run, checkpoint_position, kill_after_checkpoint
+    from tests.lightning.test_cl_resume import kill_twice_and_resume
 
     write_cifar(data_dir, num_classes=10, n_train=1000, n_test=200)  # random crop + flip: the RNG matters
     common = [
@@ -222,26 +219,8 @@ def test_sigkilled_run_resumes_exactly_inside_a_task(tmp_path, data_dir):
         "seed=11",
         "callbacks.model_checkpoint.every_n_train_steps=5",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pace = ["+callbacks.pace._target_=tests.helpers.pacing.StepPace", "+callbacks.pace.seconds=0.05"]
-
-    def cli(run_dir: Path, *extra: str) -> list[str]:
-        return [sys.executable, str(REPO / "train.py"), *common, f"hydra.run.dir={run_dir}", *extra]
-
-    import subprocess
-
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    done = subprocess.run(cli(reference), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
     # 13 batches per epoch (200 images per task); task 1 = epochs 2 and 3. Step 30 is batch 4 of
     # epoch 2, after task 1's first update; step 52 ends epoch 3, task 1's last.
-    kill_after_checkpoint(cli(killed, *pace), killed, step=30, env=env)
-    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (30, 2, True)
-    kill_after_checkpoint(cli(killed, *pace, "ckpt_path=auto"), killed, step=52, env=env)
-    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (52, 3, False)
-    done = subprocess.run(cli(killed, "ckpt_path=auto"), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert summary(killed)["resumed_from"].endswith("last.ckpt")
-    assert_same_run(reference, killed)
+    reference, killed = kill_twice_and_resume(tmp_path, common, inside=(30, 2), at_end_of=(52, 3))
     a, b = summary(reference), summary(killed)
     assert a["sparsity"]["tasks"] == b["sparsity"]["tasks"] and a["cl_dst"] == b["cl_dst"]
