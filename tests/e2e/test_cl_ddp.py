@@ -75,3 +75,39 @@ def test_resume_inside_an_epoch_under_ddp_is_exact(tmp_path):
     wb = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
     assert torch.equal(wa["method_state"]["buffer"]["x"], wb["method_state"]["buffer"]["x"])
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_cl_dst_keeps_identical_masks_and_weights_on_every_rank(tmp_path):
+    """CL-with-DST under DDP: every rank draws, updates, stores and merges the same masks, and the
+    merged model still gives each task exactly the accuracy it had when it ended."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [
+            *QUIET,
+            "hardware=ddp_cpu",
+            "method=cl_dst",
+            "scenario=task_il",
+            "optimizer=adam",
+            "optimizer.lr=0.01",
+            "method.growth=random_unfired",
+            "method.update_frequency=3",
+            "scenario.epochs_per_task=2",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.dump._target_=tests.helpers.cl.cl_dst_dump",
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(run_dir / f"cl_dst_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    a, b = ranks
+    assert a["store"]["task_ids"] == b["store"]["task_ids"] == [0, 1, 2, 3, 4]
+    for t in range(5):
+        assert all(torch.equal(a["store"]["masks"][t][n], b["store"]["masks"][t][n]) for n in a["store"]["merged"])
+    assert all(torch.equal(a["store"]["merged"][n], b["store"]["merged"][n]) for n in a["store"]["merged"])
+    assert all(torch.equal(a["masks"]["fired"][n], b["masks"]["fired"][n]) for n in a["masks"]["fired"])
+    s = summary(run_dir)
+    R = s["cl"]["acc_matrix_task_il"]
+    assert all(R[t][k] == R[k][k] for k in range(5) for t in range(k, 5))
+    assert all(e["updates"] > 0 for e in s["cl_dst"]["updates"])

@@ -97,3 +97,16 @@ def record_train_accuracy(path: str):
             self._record(trainer, trainer.current_epoch - 1)
 
     return RecordTrainAccuracy()
+
+
+def cl_dst_dump():
+    """A callback that saves every rank's CL-with-DST state (stored masks, merged weights, the
+    current mask) at the end (checks DDP consistency)."""
+    import lightning.pytorch as pl
+
+    class CLDSTDump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            state = {"store": pl_module.store.state_dict(), "masks": pl_module.masks.state_dict()}
+            torch.save(state, f"{trainer.default_root_dir}/cl_dst_rank{trainer.global_rank}.pt")
+
+    return CLDSTDump()

@@ -141,3 +141,23 @@ def write_image_folder(
                 arr = rng.integers(0, 64, size=(h, w, 3)) + np.array([60 * c % 192, 40 * c % 192, 100])
                 Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(folder / f"{k}.png")
     return Path(root)
+
+
+def write_mini_imagenet(
+    root: Path, num_classes: int = 100, per_class_train: int = 2, per_class_test: int = 1, seed: int = 0
+) -> Path:
+    """CL-with-DST's miniImageNet-100 folders: ``miniImageNet100/{train,validation}/<class>/*.jpg``
+    (non-square JPEGs, as in the raw dump; the dataset resizes and crops them)."""
+    from PIL import Image
+
+    base = Path(root) / "miniImageNet100"
+    rng = np.random.default_rng(seed)
+    for c in range(num_classes):
+        wnid = f"n{20000000 + c:08d}"
+        for split, n in (("train", per_class_train), ("validation", per_class_test)):
+            folder = base / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                arr = rng.integers(0, 64, size=(40, 48, 3), dtype=np.uint8) + np.uint8(c * 190 // num_classes)
+                Image.fromarray(arr).save(folder / f"{wnid}_{k}.jpg")
+    return Path(root)

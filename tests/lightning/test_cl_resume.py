@@ -77,6 +77,11 @@ MID_EPOCH = {
     # 2 tasks x 6 epochs, 10 batches each until the removal at epoch 2; step 76 is inside task 1's
     # first epoch, after TDM's shrink, DDR's first removal of task 0 and several DGM refreshes
     "sparcl": (lambda d: sparcl_overrides(d, "callbacks=default"), 76),
+    # CL-with-DST, task 1 = epochs 3-5: step 32 is after task 1's first topology update (its step 4),
+    # with task 0's weights frozen, the best epoch of task 0 kept and Adam's moments feeding growth
+    "cl_dst": (lambda d: [*QUIET, "method=cl_dst", "scenario=task_il", "optimizer=adam", "method.growth=momentum",
+                          "method.keep=best_train_acc", "method.update_frequency=4", "scenario.epochs_per_task=3",
+                          "model.dropout=0.2", "seed=5"], 32),
     # 5 tasks x 2 epochs of 3 batches, two phases per task; step 10 is inside task 1's 2nd phase
     "sharp": (lambda d: ["dataset=mnist", "dataset.download=false", "model=sharp_mnistlike", "method=sharp",
                          "sparsity=dense", "optimizer=adadelta", "logger=none", "data.batch_size=32",
@@ -96,10 +101,10 @@ MID_EPOCH = {
 def comparable(run_dir: Path) -> dict:
     """summary.json without what legitimately differs between two processes (timings, paths)."""
     s = summary(run_dir)
-    for key in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics"):
+    for key in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst"):
         if isinstance(s.get(key), dict):
             s[key] = {k: v for k, v in s[key].items() if "seconds" not in k and k != "eval_share"}
-    return {k: s.get(k) for k in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics")}
+    return {k: s.get(k) for k in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst")}
 
 
 @pytest.mark.parametrize("name", list(MID_EPOCH))
@@ -242,6 +247,16 @@ def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
         "sparsity.delta_t=5",  # masks and the RigL schedule are part of the state
         "callbacks.model_checkpoint.every_n_train_steps=10",
     ]
+    # 25 batches per epoch; epochs 2k, 2k+1 belong to task k. Step 60 is batch 10 of epoch 2, inside
+    # task 1; step 150 ends epoch 5, task 2's last: the resume crosses the boundary into task 3.
+    kill_twice_and_resume(tmp_path, common, inside=(60, 2), at_end_of=(150, 5))
+
+
+def kill_twice_and_resume(tmp_path: Path, common: list[str], inside: tuple[int, int], at_end_of: tuple[int, int]):
+    """Train ``common`` once uninterrupted; then SIGKILL a paced run right after the checkpoint of
+    step ``inside[0]`` (inside epoch ``inside[1]``), resume it and SIGKILL it after the checkpoint
+    ending epoch ``at_end_of[1]`` (step ``at_end_of[0]``), resume it to the end: both runs must end
+    identical. Returns (reference, killed) run directories."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     pace = ["+callbacks.pace._target_=tests.helpers.pacing.StepPace", "+callbacks.pace.seconds=0.05"]
 
@@ -251,14 +266,12 @@ def test_sigkilled_run_resumes_exactly(tmp_path, data_dir):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     done = subprocess.run(cli(reference), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-
-    # 25 batches per epoch; epochs 2k, 2k+1 belong to task k. Step 60 is batch 10 of epoch 2, inside
-    # task 1; step 150 ends epoch 5, task 2's last: the resume crosses the boundary into task 3.
-    kill_after_checkpoint(cli(killed, *pace), killed, step=60, env=env)
-    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (60, 2, True)
-    kill_after_checkpoint(cli(killed, *pace, "ckpt_path=auto"), killed, step=150, env=env)
-    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (150, 5, False)
+    kill_after_checkpoint(cli(killed, *pace), killed, step=inside[0], env=env)
+    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (*inside, True)
+    kill_after_checkpoint(cli(killed, *pace, "ckpt_path=auto"), killed, step=at_end_of[0], env=env)
+    assert checkpoint_position(killed / "checkpoints" / "last.ckpt") == (*at_end_of, False)
     done = subprocess.run(cli(killed, "ckpt_path=auto"), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert summary(killed)["resumed_from"].endswith("last.ckpt")
     assert_same_run(reference, killed)
+    return reference, killed

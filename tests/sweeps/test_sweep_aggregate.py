@@ -110,6 +110,12 @@ def test_csv_and_plots(sweep):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_chosen_columns_replace_the_default_ones(sweep):
+    _, text = aggregate(load_runs(sweep), "test/acc", None, columns=["cl.bwt", "train/loss", "cl.nothing"])
+    header = [c.strip() for c in text.splitlines()[2].split("|")[1:-1]]
+    assert header == ["sparsity.density", "n", "test/acc", "cl.bwt", "train/loss"]  # absent columns left out
+
+
 def test_single_seed_has_no_std_and_missing_sections_are_fine(tmp_path):
     write_run(tmp_path, "a", ["optimizer.lr=0.1", "seed=0"], {"status": "completed", "metrics": {"test/acc": 0.5}})
     write_run(tmp_path, "b", ["optimizer.lr=0.2", "seed=0"], {"status": "completed", "metrics": {"test/acc": 0.7}})
@@ -134,6 +140,23 @@ def test_cli(sweep):
     )
     assert result.returncode == 0, result.stderr
     assert "| sparsity.density | n | test/acc |" in result.stdout
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparseforge.sweeps.aggregate",
+            str(sweep),
+            "--column",
+            "cl.bwt",
+            "--out",
+            str(sweep / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chosen.returncode == 0 and "| sparsity.density | n | test/acc | cl.bwt |" in chosen.stdout
     assert (sweep / "aggregate" / "aggregate.csv").exists() and (sweep / "aggregate" / "table.md").exists()
     bad = subprocess.run(
         [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep / "nope")],

@@ -18,6 +18,12 @@ def only_if(condition, value):
     return value if condition is not None and condition != "" else None
 
 
+def epoch_fractions(epochs, fractions):
+    """``${sf.epoch_fractions:${scenario.epochs_per_task},[0.5,0.75]}``: ``int(f * epochs)`` for each
+    fraction, e.g. MultiStep milestones that follow the epochs per task (``[50, 75]`` of 100)."""
+    return [int(float(f) * int(epochs)) for f in fractions]
+
+
 def sweep_point_dir(overrides, experiment=None, seed=None) -> str:
     """``${sf.point_dir:${hydra.overrides.task},<experiment>,${seed}}``: a sweep point's deterministic
     directory name, hashed from experiment, seed and overrides (see points.py)."""
@@ -40,6 +46,7 @@ def register_resolvers() -> None:
     for name, fn in (
         ("sf.or", first_set),
         ("sf.if", only_if),
+        ("sf.epoch_fractions", epoch_fractions),
         ("sf.point_dir", sweep_point_dir),
         ("sf.cwd", launch_dir),
     ):

@@ -7,6 +7,7 @@ summed, so the result is exact (no padding duplicates as with DistributedSampler
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -23,12 +24,15 @@ def evaluate_tasks(
     device: torch.device,
     batch_size: int = 512,
     limit_batches: int | None = None,
+    task_context: Callable[[Task], AbstractContextManager] | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy per task. ``score_fn`` maps a preprocessed batch to class scores (B x C);
     ``inputs(index, batch_size, device)`` yields the preprocessed inputs of test examples
     ``index`` on ``device``, ``batch_size`` at a time, in order; ``labels`` are the test labels.
 
     class-IL: argmax over all classes. task-IL: argmax over the task's own classes.
+    ``task_context(task)``, if given, is entered around the scoring of each task's examples: a
+    method that keeps one subnetwork per task puts that task's weights into the model there.
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -39,12 +43,13 @@ def evaluate_tasks(
             index = index[: limit_batches * batch_size]
         index = index[rank::world]
         classes = torch.tensor(task.classes, device=device)
-        for chunk, x in zip(index.split(batch_size), inputs(index, batch_size, device), strict=True):
-            y = labels[chunk].to(device)
-            scores = score_fn(x).float()
-            counts[k, 0] += (scores.argmax(1) == y).sum()
-            counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()
-            counts[k, 2] += len(chunk)
+        with task_context(task) if task_context is not None else nullcontext():
+            for chunk, x in zip(index.split(batch_size), inputs(index, batch_size, device), strict=True):
+                y = labels[chunk].to(device)
+                scores = score_fn(x).float()
+                counts[k, 0] += (scores.argmax(1) == y).sum()
+                counts[k, 1] += (classes[scores[:, classes].argmax(1)] == y).sum()
+                counts[k, 2] += len(chunk)
     if distributed:
         dist.all_reduce(counts)
     n = counts[:, 2].clamp(min=1)

@@ -13,6 +13,7 @@ from sparseforge.data.cub import CUB200
 from sparseforge.data.digits import Digits
 from sparseforge.data.files import ImageFiles, ImageFilesDataset
 from sparseforge.data.image_folder import ImageFolder
+from sparseforge.data.mini_imagenet import MiniImageNet
 from sparseforge.data.mnist import MNIST, EMNISTLetters, FashionMNIST
 from sparseforge.data.registry import DATASETS, register_dataset
 from sparseforge.data.tiny_imagenet import TinyImageNet
@@ -36,6 +37,7 @@ __all__ = [
     "ImageSplit",
     "ImageTensors",
     "MNIST",
+    "MiniImageNet",
     "TinyImageNet",
     "register_dataset",
 ]

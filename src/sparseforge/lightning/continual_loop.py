@@ -52,6 +52,7 @@ class ContinualLoop(pl.Callback):
         self.acc: list[list[float | None]] = []  # class-IL accuracy matrix R[t][j]
         self.acc_task_il: list[list[float | None]] = []
         self.initial_acc: list[float] | None = None  # accuracy of the untrained model (FWT baseline)
+        self.initial_acc_task_il: list[float] | None = None
         self.completed_tasks = 0
         self.partial_last_task = False
         self.eval_seconds = 0.0
@@ -70,6 +71,7 @@ class ContinualLoop(pl.Callback):
             "acc": self.acc,
             "acc_task_il": self.acc_task_il,
             "initial_acc": self.initial_acc,
+            "initial_acc_task_il": self.initial_acc_task_il,
             "completed_tasks": self.completed_tasks,
             "eval_seconds": self.eval_seconds,
             "fit_seconds": self.fit_seconds,
@@ -79,6 +81,7 @@ class ContinualLoop(pl.Callback):
         self.acc = state["acc"]
         self.acc_task_il = state["acc_task_il"]
         self.initial_acc = state.get("initial_acc")
+        self.initial_acc_task_il = state.get("initial_acc_task_il")
         self.completed_tasks = state["completed_tasks"]
         self.eval_seconds = state.get("eval_seconds", 0.0)
         self._fit_seconds_before = state.get("fit_seconds", 0.0)
@@ -102,7 +105,8 @@ class ContinualLoop(pl.Callback):
             self._active_task = trainer.datamodule.task_of_epoch(trainer.current_epoch)
         if self.forward_transfer and self.initial_acc is None and self.completed_tasks == 0:
             # FWT compares R[j-1][j] with the untrained model's accuracy on task j.
-            self.initial_acc = self._evaluate(trainer, pl_module, trainer.datamodule.tasks)["class_il"]
+            initial = self._evaluate(trainer, pl_module, trainer.datamodule.tasks)
+            self.initial_acc, self.initial_acc_task_il = initial["class_il"], initial["task_il"]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -168,6 +172,7 @@ class ContinualLoop(pl.Callback):
                 pl_module.device,
                 batch_size=self.eval_batch_size,
                 limit_batches=self.eval_limit_batches,
+                task_context=getattr(pl_module, "evaluate_task_context", None),
             )
         pl_module.train(was_training)
         self.eval_seconds += time.perf_counter() - start
@@ -177,6 +182,9 @@ class ContinualLoop(pl.Callback):
         values = {"task": float(t), "cl/avg_acc": metrics.average_accuracy(self.acc)}
         if trainer.datamodule.scenario.has_task_il:
             values["cl/avg_acc_task_il"] = metrics.average_accuracy(self.acc_task_il)
+            bwt_task_il = metrics.backward_transfer(self.acc_task_il)
+            if bwt_task_il is not None:
+                values["cl/bwt_task_il"] = bwt_task_il
         for j in range(t + 1):
             values[f"cl/acc_task_{j}"] = self.acc[t][j]
         for key, value in (
@@ -233,8 +241,13 @@ class ContinualLoop(pl.Callback):
             "eval_share": self.eval_seconds / fit_seconds if fit_seconds > 0 else None,
         }
         if dm.scenario.has_task_il:
-            cl["acc_matrix_task_il"] = self.acc_task_il
-            cl["avg_acc_task_il"] = metrics.average_accuracy(self.acc_task_il)
+            R_til = self.acc_task_il
+            cl["acc_matrix_task_il"] = R_til
+            cl["avg_acc_task_il"] = metrics.average_accuracy(R_til)
+            cl["forgetting_task_il"] = metrics.forgetting(R_til)
+            cl["bwt_task_il"] = metrics.backward_transfer(R_til)
+            til_baseline = self.initial_acc_task_il
+            cl["fwt_task_il"] = metrics.forward_transfer(R_til, til_baseline) if til_baseline else None
         else:  # blurry: R[t][t] is the accuracy on every class seen up to task t
             cl["acc_seen_classes"] = [R[t][t] for t in range(self.completed_tasks)]
         final = {"test/acc": cl["avg_acc"]}

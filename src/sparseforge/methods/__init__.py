@@ -5,6 +5,7 @@ schema of ``configs/method/<name>.yaml`` generated from the method's ``Options``
 """
 
 from sparseforge.methods.base import METHODS, ContinualMethod
+from sparseforge.methods.cl_dst import CLDST
 from sparseforge.methods.der import DER
 from sparseforge.methods.derpp import DERPP
 from sparseforge.methods.er import ER
@@ -17,6 +18,7 @@ from sparseforge.methods.sparcl import SparCL
 
 __all__ = [
     "METHODS",
+    "CLDST",
     "ContinualMethod",
     "DER",
     "DERPP",

@@ -7,6 +7,9 @@ Avalanche's before/after hooks):
 - ``begin_task(task)`` / ``end_task(task)``: called by the task loop at task boundaries;
 - ``training_indices(task, tasks)``: which training examples this task trains on;
 - ``predict_scores(x)``: class scores used for evaluation (default: the model's logits);
+- ``evaluate_task_context(task)``: a context manager the task loop enters while it scores one
+  task's test data (default: none). A method with one subnetwork per task (CL-with-DST) puts
+  that task's weights into the model there and restores the training state on exit;
 - ``Options``: the method's settings, one dataclass next to it (extend the parent's); the
   constructor builds ``self.options`` from its keyword arguments, unknown keys are errors, and
   the Hydra schema of ``configs/method/<name>.yaml`` is generated from it (``METHODS.register``);
@@ -44,6 +47,7 @@ Everything else (optimizers from config, logging, the task loop, sparsity) is sh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property, partial
@@ -154,6 +158,9 @@ class ContinualMethod(pl.LightningModule):
 
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
+
+    def evaluate_task_context(self, task: Task) -> AbstractContextManager:
+        return nullcontext()
 
     def check_setup(self, datamodule) -> None:
         if datamodule.scenario.task_incremental and not self.supports_task_il:

@@ -138,9 +138,13 @@ class MaskSet:
             torch._foreach_mul_([self.weight(n) for n in names], [self.factor(n) for n in names])
 
     @torch.no_grad()
-    def mask_grads_(self) -> None:
-        """Zero the gradients of pruned weights (and, with gradient masks, of frozen ones)."""
-        names = [n for n in self._dense_names() if self.weight(n).grad is not None]
+    def mask_grads_(self, pruned: bool = True) -> None:
+        """Zero the gradients of pruned weights (and, with gradient masks, of frozen ones).
+
+        ``pruned=False`` leaves the gradients of pruned weights to the optimizer, so its state
+        (momentum, Adam's moments) follows the dense gradient there, which momentum-based growth
+        reads; ``after_step`` zeroes those weights again either way."""
+        names = [n for n in self._dense_names() if pruned and self.weight(n).grad is not None]
         if names:
             torch._foreach_mul_([self.weight(n).grad for n in names], [self.factor(n) for n in names])
         for name, gmask in self.grad_masks.items():
@@ -172,9 +176,9 @@ class MaskSet:
         return self.weight(name).grad
 
     @torch.no_grad()
-    def before_step(self) -> None:
+    def before_step(self, mask_pruned: bool = True) -> None:
         """Call after backward (and AMP unscaling), before ``optimizer.step()``."""
-        self.mask_grads_()
+        self.mask_grads_(pruned=mask_pruned)
         self._frozen = {
             name: (self.compressed[name].values if name in self.compressed else self.weight(name)).detach().clone()
             for name in self.grad_masks

@@ -5,10 +5,11 @@ Steps are optimizer steps counted from the start of the schedule (the run, or th
 ``delta_t`` and ``t < end_fraction * horizon``. The drop fraction at step ``t`` is
 
 - constant: ``α``;
-- cosine (RigL's default): ``α/2 · (1 + cos(π t / T_end))``;
-- linear: ``α · (1 - t / T_end)``;
+- cosine (RigL's default): ``f + (α - f)/2 · (1 + cos(π t / T_end))``;
+- linear: ``f + (α - f) · (1 - t / T_end)``;
 
-with ``T_end = end_fraction * horizon``.
+with ``T_end = end_fraction * horizon`` and the floor ``f`` (0 for RigL; CL-with-DST anneals
+its drop rate from 0.5 down to 0.005, the ``eta_min`` of its cosine).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DropSchedule:
     drop_fraction: float
     kind: str
     end_fraction: float
+    floor: float = 0.0
 
     def end_step(self, horizon: int) -> float:
         return self.end_fraction * horizon
@@ -38,10 +40,11 @@ class DropSchedule:
         progress = min(t / max(self.end_step(horizon), 1e-12), 1.0)
         if self.kind == "constant":
             return self.drop_fraction
+        span = self.drop_fraction - self.floor
         if self.kind == "cosine":
-            return self.drop_fraction / 2 * (1 + math.cos(math.pi * progress))
+            return self.floor + span / 2 * (1 + math.cos(math.pi * progress))
         if self.kind == "linear":
-            return self.drop_fraction * (1 - progress)
+            return self.floor + span * (1 - progress)
         raise ValueError(f"unknown drop schedule {self.kind!r}")
 
     def update_steps(self, horizon: int) -> list[int]:

@@ -139,9 +139,10 @@ def varying_keys(groups: Iterable[Group]) -> list[str]:
     return [k for k in keys if len({g.point.get(k) for g in groups}) > 1]
 
 
-def value_columns(groups: Iterable[Group], metric: str) -> list[str]:
+def value_columns(groups: Iterable[Group], metric: str, columns: Iterable[str] = ()) -> list[str]:
+    """The metric, then ``columns`` if given, else density, training FLOPs and the CL metrics."""
     present = {c for g in groups for r in g.runs for c in r.values}
-    preferred = [metric, DENSITY, TRAIN_FLOPS, *CL_COLUMNS]
+    preferred = [metric, *(columns or (DENSITY, TRAIN_FLOPS, *CL_COLUMNS))]
     return [c for c in dict.fromkeys(preferred) if c in present]
 
 
@@ -300,13 +301,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def aggregate(records: list[RunRecord], metric: str, out_dir: Path | None, digits: int = 4) -> tuple[list[Group], str]:
+def aggregate(
+    records: list[RunRecord], metric: str, out_dir: Path | None, digits: int = 4, columns: Iterable[str] = ()
+) -> tuple[list[Group], str]:
     statuses = Counter(r.status for r in records)
     completed = [r for r in records if r.status == "completed"]
     if not completed:
         raise AggregateError(f"no completed runs ({dict(statuses) or 'no summary.json found'})")
     groups = group_runs(completed)
-    table = markdown_table(groups, value_columns(groups, metric), digits)
+    table = markdown_table(groups, value_columns(groups, metric, tuple(columns)), digits)
     common = {k: v for k, v in groups[0].point.items() if k not in varying_keys(groups)} if len(groups) > 1 else {}
     text = table
     if common:
@@ -333,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ignore", action="append", default=[], help="also leave this override key out of the grouping"
     )
+    parser.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        help="a column of the table after the metric (repeat it; default: density, FLOPs and CL metrics)",
+    )
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B (online only) instead")
     parser.add_argument("--group", help="with --wandb: only this W&B group (the sweep name)")
@@ -346,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(args.out) if args.out else Path(args.sweep_dir) / "aggregate"
         else:
             raise AggregateError("give a sweep directory (or --wandb ENTITY/PROJECT)")
-        _, text = aggregate(records, args.metric, out, args.digits)
+        _, text = aggregate(records, args.metric, out, args.digits, args.column)
     except SparseforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
