@@ -18,6 +18,14 @@ def only_if(condition, value):
     return value if condition is not None and condition != "" else None
 
 
+def product(*values):
+    """``${sf.mul:a,b}``: ``a * b`` (a setting that scales with another, e.g. a schedule with the epochs)."""
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
 def sweep_point_dir(overrides, experiment=None, seed=None) -> str:
     """``${sf.point_dir:${hydra.overrides.task},<experiment>,${seed}}``: a sweep point's deterministic
     directory name, hashed from experiment, seed and overrides (see points.py)."""
@@ -40,6 +48,7 @@ def register_resolvers() -> None:
     for name, fn in (
         ("sf.or", first_set),
         ("sf.if", only_if),
+        ("sf.mul", product),
         ("sf.point_dir", sweep_point_dir),
         ("sf.cwd", launch_dir),
     ):
