@@ -35,8 +35,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: tiny ops on a shared CPU
 REPO = Path(__file__).resolve().parents[1]
 
-sys.path.insert(0, str(REPO / "experiments"))
-from cl_quality_split_mnist import METHODS  # noqa: E402  (the variants whose quality is measured)
+# The variants whose quality is measured: the arms of the study cl_split_mnist (buffer 500; DER++
+# with alpha 1.0, beta 0.5), configs/arm/cl_split_mnist/.
+METHODS = {variant: [f"arm=cl_split_mnist/{variant}"] for variant in ("finetune", "er", "er_ace", "derpp")}
 
 # The preset sets model.hidden_sizes (an MLP argument): drop it for the CNN.
 MODELS = {"mlp": ["model=mlp", "model.hidden_sizes=[100,100]"], "small_cnn": ["model=small_cnn", "~model.hidden_sizes"]}

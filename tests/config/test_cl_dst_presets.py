@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sparseforge.train import build, train
-from tests.helpers.cli import REPO, run_cli
+from tests.helpers.cli import run_cli
 from tests.helpers.config import compose_config
 from tests.helpers.fake_data import write_cifar, write_mini_imagenet
 
@@ -100,23 +100,21 @@ def test_cli_runs_a_preset_as_documented(tmp_path):
     assert summary["metrics"]["test/acc"] == summary["cl"]["avg_acc_task_il"]
 
 
-STUDY = REPO / "experiments" / "cl_dst_reduced" / "configs"
-
-
 def compose_study(overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from sparseforge.compose import register_all
     from sparseforge.config import config_dir
+    from sparseforge.config.overrides import normalise_overrides
 
     register_all()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", [f"hydra.searchpath=[file://{STUDY}]", *overrides], return_hydra_config=True)
+        return compose("train", normalise_overrides(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("study, points", [("cl_dst", 48), ("shared_mask", 48), ("finetune", 3)])
+@pytest.mark.parametrize("study, points", [("cl_dst_isolated", 48), ("cl_dst_shared_mask", 48), ("cl_dst_finetune", 3)])
 def test_the_reduced_study_is_three_sweeps_whose_points_all_compose(study, points):
     cfg = compose_study([f"+study={study}"])
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
@@ -125,9 +123,9 @@ def test_the_reduced_study_is_three_sweeps_whose_points_all_compose(study, point
     assert cfg.scenario._target_.endswith("TaskIncremental") and cfg.scenario.epochs_per_task == 1
     for combo in itertools.product(*[v for k, v in params.items() if k != "seed"]):
         point = compose_study([f"+study={study}", *(f"{k}={v}" for k, v in zip(params, combo, strict=False))])
-        if study == "cl_dst":
+        if study == "cl_dst_isolated":
             assert point.method.update_frequency == 20 and point.sparsity.update_rule == "dense"
-        elif study == "shared_mask":
+        elif study == "cl_dst_shared_mask":
             assert point.method._target_.endswith("Finetune") and point.sparsity.update_rule == combo[0]
             assert (point.sparsity.delta_t, point.sparsity.schedule_scope, point.sparsity.end_fraction) == (
                 20,

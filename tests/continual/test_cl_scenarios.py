@@ -47,6 +47,39 @@ def test_explicit_order_and_uneven_split():
     assert [t.classes for t in tasks] == [(9, 8, 7, 6), (5, 4, 3), (2, 1, 0)]
 
 
+@given(per_task=st.integers(2, 12), subset_seed=st.integers(0, 3), run_seed=st.integers(0, 3))
+@settings(max_examples=25, deadline=None)
+def test_train_per_task_is_a_class_balanced_subset_the_same_for_every_run_seed(per_task, subset_seed, run_seed):
+    train_y, test_y = labels(10, 6), labels(10, 3, seed=1)
+    full = ClassIncremental(n_tasks=5).build(train_y, test_y, 10, seed=run_seed)
+    scenario = ClassIncremental(n_tasks=5, train_per_task=per_task, subset_seed=subset_seed)
+    tasks = scenario.build(train_y, test_y, 10, seed=run_seed)
+    assert [t.train_index.tolist() for t in tasks] == [
+        t.train_index.tolist() for t in scenario.build(train_y, test_y, 10, seed=run_seed + 1)
+    ]  # the subset does not follow the run seed
+    for task, whole in zip(tasks, full, strict=True):
+        kept = task.train_index.tolist()
+        assert kept == sorted(kept) and set(kept) <= set(whole.train_index.tolist())
+        counts = torch.bincount(train_y[task.train_index], minlength=10)
+        assert all(counts[c] == per_task // 2 for c in task.classes)  # 2 classes per task
+        assert torch.equal(task.test_index, whole.test_index)  # the test split stays whole
+
+
+def test_train_per_task_draws_with_its_own_seed_and_checks_the_data():
+    train_y, test_y = labels(10, 6), labels(10, 3, seed=1)
+    a = ClassIncremental(n_tasks=5, train_per_task=4, subset_seed=0).build(train_y, test_y, 10, seed=0)
+    b = ClassIncremental(n_tasks=5, train_per_task=4, subset_seed=1).build(train_y, test_y, 10, seed=0)
+    assert [t.train_index.tolist() for t in a] != [t.train_index.tolist() for t in b]
+    with pytest.raises(
+        ConfigError, match="scenario.train_per_task: asks for 7 examples of class 0, the training split has 6"
+    ):
+        ClassIncremental(n_tasks=5, train_per_task=14).build(train_y, test_y, 10, seed=0)
+    with pytest.raises(ConfigError, match="scenario.train_per_task: 1 is fewer than task 0's 2 classes"):
+        ClassIncremental(n_tasks=5, train_per_task=1).build(train_y, test_y, 10, seed=0)
+    with pytest.raises(ConfigError, match="scenario.train_per_task: must be null or >= 1"):
+        ClassIncremental(train_per_task=0)
+
+
 @pytest.mark.parametrize(
     "kwargs, key",
     [

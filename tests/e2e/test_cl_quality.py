@@ -2,7 +2,7 @@
 
 Finetuning forgets every earlier task (average accuracy near 1/5 = 20%); ER, ER-ACE and DER++
 with a 500-example buffer keep most of them. One seed here (the margins are wide); the 3-seed numbers in
-the README come from experiments/cl_quality_split_mnist.py.
+docs/results.md come from the study cl_split_mnist (configs/study/cl_split_mnist.yaml).
 """
 
 from __future__ import annotations
@@ -13,23 +13,18 @@ from sparseforge.train import train
 from tests.helpers.cl import QUIET, one_thread, summary
 from tests.helpers.config import compose_config
 
-METHODS = {
-    "finetune": ["method=finetune"],
-    "er": ["method=er", "method.buffer_size=500"],
-    "er_ace": ["method=er_ace", "method.buffer_size=500"],
-    "derpp": ["method=derpp", "method.buffer_size=500", "method.alpha=1.0", "method.beta=0.5"],
-}
+METHODS = ("finetune", "er", "er_ace", "derpp")  # arms of the study (buffer 500; DER++ alpha 1.0, beta 0.5)
 
 
 @pytest.mark.slow
 def test_split_mnist_replay_beats_catastrophic_forgetting(tmp_path, full_mnist_dir):
     acc = {}
-    for method, overrides in METHODS.items():
+    for method in METHODS:
         cfg = compose_config(
             [
-                "+experiment=split_mnist",
+                "study=cl_split_mnist",
+                f"arm=cl_split_mnist/{method}",
                 *QUIET,
-                *overrides,
                 f"paths.data_dir={full_mnist_dir}",
                 "callbacks=none",
                 "seed=0",

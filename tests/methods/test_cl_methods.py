@@ -36,6 +36,7 @@ def test_every_method_runs_the_default_split(tmp_path, method):
     assert cl["bwt"] == pytest.approx(metrics.backward_transfer(R))
     assert len(cl["acc_matrix_task_il"]) == 5 and cl["avg_acc_task_il"] >= cl["avg_acc"]
     assert 0 < cl["eval_seconds"] < cl["fit_seconds"] and 0 < cl["eval_share"] < 1
+    assert cl["train_seconds"] == pytest.approx(cl["fit_seconds"] - cl["eval_seconds"])
     if method in ("er", "er_ace", "der", "derpp"):
         replay = s["replay"]
         logits = 10 if method in ("der", "derpp") else 0

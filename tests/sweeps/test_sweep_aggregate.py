@@ -26,6 +26,17 @@ def write_run(sweep, name, overrides, summary):
     (run / "summary.json").write_text(json.dumps(summary))
 
 
+def aggregate_cli(*args: str) -> subprocess.CompletedProcess:
+    """``sparseforge-aggregate ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "sparseforge.sweeps.aggregate", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.fixture
 def sweep(tmp_path):
     sweep = tmp_path / "multiruns" / "dens"
@@ -131,13 +142,7 @@ def test_no_completed_runs_is_an_error(tmp_path):
 
 
 def test_cli(sweep):
-    result = subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = aggregate_cli(str(sweep))
     assert result.returncode == 0, result.stderr
     assert "| sparsity.density | n | test/acc |" in result.stdout
     chosen = subprocess.run(
@@ -158,23 +163,99 @@ def test_cli(sweep):
     )
     assert chosen.returncode == 0 and "| sparsity.density | n | test/acc | cl.bwt |" in chosen.stdout
     assert (sweep / "aggregate" / "aggregate.csv").exists() and (sweep / "aggregate" / "table.md").exists()
-    bad = subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep / "nope")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = aggregate_cli(str(sweep / "nope"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep directory")
 
 
 def test_wandb_source_needs_w_and_b_online(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    result = subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.aggregate", "--wandb", "me/proj"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = aggregate_cli("--wandb", "me/proj")
     assert result.returncode == 2 and "error: W&B is not online here" in result.stderr
+
+
+# -- a study's report: columns, percent, declared row order, differences paired by seed ----------
+STUDY_ACC = {("b", 0): 0.80, ("b", 1): 0.84, ("b", 2): 0.83, ("a", 0): 0.70, ("a", 1): 0.71, ("a", 2): 0.76}
+REPORT = {
+    "metric": "cl.avg_acc",
+    "columns": ["cl.forgetting", "replay.bytes", "flops.train_total", "cl.not_measured"],
+    "percent": ["cl.avg_acc", "cl.forgetting"],
+    "paired": [["b", "a"], ["b", "nope"]],
+}
+
+
+@pytest.fixture
+def study(tmp_path):
+    sweep = tmp_path / "multiruns" / "s"
+    for (arm, seed), acc in STUDY_ACC.items():
+        name = f"arm={arm}-{seed}"
+        write_run(
+            sweep,
+            name,
+            [f"arm=s/{arm}", f"seed={seed}", "study=s"],
+            {
+                "status": "completed",
+                "seed": seed,
+                "metrics": {"test/acc": acc},
+                "cl": {"avg_acc": acc, "forgetting": 1 - acc},
+                "replay": {"bytes": 39216 if arm == "b" else 39200},
+                "flops": {"train_total": 2.451e11 + seed},
+                "config": {"report": REPORT, "seed": seed},
+            },
+        )
+        # the sweep's declared axes, as Hydra writes them: b before a (not alphabetical)
+        (sweep / name / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  sweeper:\n    params:\n      arm: s/b,s/a\n      seed: 0,1,2\n"
+        )
+    return sweep
+
+
+def test_a_study_report_gives_its_table(study):
+    from sparseforge.sweeps.aggregate import sweep_order
+
+    order = sweep_order(study)
+    assert order == {"arm": ["s/b", "s/a"], "seed": ["0", "1", "2"]}
+    groups, text = aggregate(load_runs(study), None, study / "agg", order=order)
+    lines = text.splitlines()
+    assert lines[0] == "common: study=s"
+    header = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert header == [
+        "arm",
+        "n",
+        "cl.avg_acc (%)",
+        "cl.forgetting (%)",
+        "replay.bytes",
+        "flops.train_total",
+        "cl.not_measured",  # declared but in no summary: shown empty, not dropped
+    ]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[4:6]]
+    assert [r[0] for r in rows] == ["b", "a"]  # the declared order, the study's folder left out
+    for row, arm in zip(rows, ("b", "a"), strict=True):
+        accs = [100 * v for (a, _), v in STUDY_ACC.items() if a == arm]
+        assert row[1] == "3" and row[2] == f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+        assert row[4] == ("39216 ± 0" if arm == "b" else "39200 ± 0")  # large integers without decimals
+        assert row[5].startswith("2.451e+11 ± ") and row[6] == "–"
+    # b − a seed by seed, in percent: 10, 13, 7 points
+    paired = next(line for line in lines if line.startswith("| b − a |"))
+    cells = [c.strip() for c in paired.split("|")[1:-1]]
+    assert cells == ["b − a", "3", "0: 10.00, 1: 13.00, 2: 7.00", "10.00", "7.00", "13.00"]
+    assert "| b − nope | 0 | no row 'nope' (rows: b, a) |" in text
+    runs = list(csv.DictReader((study / "agg" / "runs.csv").open()))
+    assert len(runs) == 6 and {(r["row"], r["seed"]) for r in runs} == {(a, str(s)) for a, s in STUDY_ACC}
+    assert all(float(r["cl.avg_acc"]) == STUDY_ACC[(r["row"], int(r["seed"]))] for r in runs)
+
+
+def test_the_metric_flag_replaces_the_reports_metric(study):
+    result = aggregate_cli(str(study), "--metric", "test/acc")
+    assert result.returncode == 0, result.stderr
+    assert "| arm | n | test/acc | cl.forgetting (%) |" in result.stdout
+    assert result.stdout.index("| b | 3 |") < result.stdout.index("| a | 3 |")
+
+
+def test_runs_that_disagree_on_the_report_get_the_default_table(study, capsys):
+    summary = study / "arm=a-0" / "summary.json"
+    data = json.loads(summary.read_text())
+    data["config"]["report"] = {"metric": "test/acc"}
+    summary.write_text(json.dumps(data))
+    _, text = aggregate(load_runs(study), None, None)
+    assert "| arm | n | test/acc | cl.avg_acc | cl.forgetting |" in text
+    assert "different `report` settings" in capsys.readouterr().err

@@ -28,6 +28,7 @@ def test_point_identity_ignores_order_and_bookkeeping_overrides(overrides, rnd):
     shuffled = list(overrides)
     rnd.shuffle(shuffled)
     bookkeeping = ["ckpt_path=auto", "sweep_name=x", "logger=csv", "paths.log_dir=/tmp/y", "print_config=false"]
+    bookkeeping += ["report.metric=cl.avg_acc"]  # what the table shows is not part of the run
     assert point_dirname(shuffled + bookkeeping, "exp", 0) == point_dirname(overrides, "exp", 0)
 
 
@@ -83,6 +84,33 @@ def test_planned_run_dirs_are_the_multirun_dirs(tmp_path):
         expected = point_dirname(list(cfg.hydra.overrides.task), None, cfg.seed)
         assert p.run_dir.name == expected
         assert p.finished is None
+
+
+def test_planned_run_dirs_of_a_study_are_its_multirun_dirs(tmp_path):
+    """A study declares its axes in hydra.sweeper.params: they come first, as Hydra's basic sweeper
+    puts them, a key on the command line replaces its axis, and the study names the sweep."""
+    args = [
+        "+study=cl_split_mnist",
+        f"paths.log_dir={tmp_path}",
+        "seed=3",
+        "arm=cl_split_mnist/derpp,cl_split_mnist/er",
+    ]
+    points = prepare_run_points(args, default_sweep_name="unused")
+    assert [p.overrides for p in points] == [
+        [f"arm=cl_split_mnist/{arm}", "seed=3", "study=cl_split_mnist", f"paths.log_dir={tmp_path}"]
+        for arm in ("derpp", "er")
+    ]
+    for p in points:
+        assert p.run_dir.parent == tmp_path / "multiruns" / "cl_split_mnist"
+        assert p.run_dir.name == point_dirname(p.overrides, "split_mnist", 3)  # what -m names the point
+        assert p.cfg.hydra.runtime.choices.arm == p.overrides[0].split("=")[1]
+    whole = prepare_run_points(["+study=cl_split_mnist", f"paths.log_dir={tmp_path}"])
+    assert len(whole) == 4 * 3 and whole[0].overrides[:2] == ["arm=cl_split_mnist/finetune", "seed=0"]
+
+
+def test_plan_refuses_a_sweeper_that_picks_its_points_while_it_runs(tmp_path):
+    with pytest.raises(SweepError, match="picks its points while it runs"):
+        prepare_run_points(["hparams_search=optuna", f"paths.log_dir={tmp_path}"])
 
 
 def test_plan_checks_every_point_before_writing(tmp_path):

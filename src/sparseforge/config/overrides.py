@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 # Groups listed in configs/train.yaml's defaults with a null option: Hydra refuses to append
 # ``+group=x`` to them ("Multiple values"), but ``+experiment=x`` is the spelling many
-# Hydra projects document, so it is taken as ``experiment=x``.
-NULL_DEFAULT_GROUPS = ("experiment", "debug", "hparams_search")
+# Hydra projects document, so it is taken as ``experiment=x`` (likewise ``+study=x``).
+NULL_DEFAULT_GROUPS = ("experiment", "study", "arm", "debug", "hparams_search")
 
 
 def normalise_overrides(overrides: Iterable[str]) -> list[str]:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 # Overrides (by key, or key prefix before a ".") that are left out of a point's identity:
-# naming, resuming, logging, printing, paths and the sweeper itself. Everything else, including
-# hardware (devices change the effective batch size) and debug, is part of the point.
+# naming, resuming, logging, printing, paths, the sweeper itself and the aggregated table
+# (report). Everything else, including hardware (devices change the effective batch size),
+# debug and a study with its arm, is part of the point.
 NOT_PART_OF_POINT = (
     "sweep_name",
     "run_name",
@@ -31,6 +32,7 @@ NOT_PART_OF_POINT = (
     "hydra",
     "hparams_search",
     "optimized_metric",
+    "report",
     "trainer.enable_progress_bar",
 )
 SEED_KEY = "seed"

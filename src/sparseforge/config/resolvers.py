@@ -24,6 +24,14 @@ def epoch_fractions(epochs, fractions):
     return [int(float(f) * int(epochs)) for f in fractions]
 
 
+def product(*values):
+    """``${sf.mul:a,b}``: ``a * b`` (a setting that scales with another, e.g. a schedule with the epochs)."""
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
 def sweep_point_dir(overrides, experiment=None, seed=None) -> str:
     """``${sf.point_dir:${hydra.overrides.task},<experiment>,${seed}}``: a sweep point's deterministic
     directory name, hashed from experiment, seed and overrides (see points.py)."""
@@ -47,6 +55,7 @@ def register_resolvers() -> None:
         ("sf.or", first_set),
         ("sf.if", only_if),
         ("sf.epoch_fractions", epoch_fractions),
+        ("sf.mul", product),
         ("sf.point_dir", sweep_point_dir),
         ("sf.cwd", launch_dir),
     ):

@@ -109,6 +109,8 @@ class ClassILScenarioConfig:
     class_order: Optional[Any] = None  # null | natural | random | [list of classes]
     order_seed: Optional[int] = None
     task_sizes: Optional[List[int]] = None
+    train_per_task: Optional[int] = None  # null: every training example; N: a class-balanced subset per task
+    subset_seed: int = 0  # seeds that subset (not the run seed: every run trains on the same examples)
 
 
 @dataclass

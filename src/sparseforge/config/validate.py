@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sparseforge.config.report import Report
 from sparseforge.errors import ConfigError
 
 
@@ -39,6 +40,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{key}", f"must be >= 1, got {data[key]}")
     if cfg.optimizer.get("lr", 1.0) <= 0:
         raise ConfigError("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    if cfg.get("report") is not None:  # read by sparseforge-aggregate; a typo fails here, not there
+        Report.from_config(cfg.report)
     threads = cfg.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("torch_threads", f"must be null or a positive integer, got {threads!r}")

@@ -64,6 +64,11 @@ class ClassIncremental(Scenario):
     ``class_order``: ``null`` (natural order 0..C-1), ``"random"`` (a permutation seeded by
     ``order_seed``, or the run seed when that is null) or an explicit list that must be a
     permutation of the dataset's classes. ``task_sizes`` gives an explicit uneven split.
+
+    ``train_per_task`` trains each task on a class-balanced subset of its training examples
+    (``train_per_task // classes of the task`` per class; the test split stays whole), for
+    reduced-scale studies. The subset is drawn by one generator seeded with ``subset_seed``,
+    not the run seed, so every run (arm, seed) of a study trains on the same examples.
     """
 
     name = "class_il"
@@ -75,14 +80,20 @@ class ClassIncremental(Scenario):
         class_order: str | Sequence[int] | None = None,
         order_seed: int | None = None,
         task_sizes: Sequence[int] | None = None,
+        train_per_task: int | None = None,
+        subset_seed: int = 0,
     ):
         super().__init__(epochs_per_task)
         if int(n_tasks) < 1:
             raise ConfigError("scenario.n_tasks", f"must be >= 1, got {n_tasks}")
+        if train_per_task is not None and int(train_per_task) < 1:
+            raise ConfigError("scenario.train_per_task", f"must be null or >= 1, got {train_per_task}")
         self.n_tasks = int(n_tasks)
         self.class_order = class_order
         self.order_seed = order_seed
         self.task_sizes = list(task_sizes) if task_sizes is not None else None
+        self.train_per_task = int(train_per_task) if train_per_task is not None else None
+        self.subset_seed = int(subset_seed)
 
     def resolve_class_order(self, num_classes: int, seed: int) -> list[int]:
         order = self.class_order
@@ -126,7 +137,32 @@ class ClassIncremental(Scenario):
             classes = tuple(order[start : start + size])
             start += size
             tasks.append(Task(t, classes, _index_of_classes(train_y, classes), _index_of_classes(test_y, classes)))
+        if self.train_per_task is not None:
+            tasks = self.subsample(tasks, train_y)
         return tasks
+
+    def subsample(self, tasks: list[Task], train_y: torch.Tensor) -> list[Task]:
+        """Each task's training examples cut to ``train_per_task``, the same number per class."""
+        g = torch.Generator().manual_seed(self.subset_seed)
+        out = []
+        for task in tasks:
+            per_class = self.train_per_task // len(task.classes)
+            if per_class < 1:
+                raise ConfigError(
+                    "scenario.train_per_task",
+                    f"{self.train_per_task} is fewer than task {task.id}'s {len(task.classes)} classes",
+                )
+            keep = []
+            for c in task.classes:
+                members = task.train_index[train_y[task.train_index] == c]
+                if len(members) < per_class:
+                    raise ConfigError(
+                        "scenario.train_per_task",
+                        f"asks for {per_class} examples of class {c}, the training split has {len(members)}",
+                    )
+                keep.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+            out.append(Task(task.id, task.classes, torch.cat(keep).sort().values, task.test_index))
+        return out
 
 
 class TaskIncremental(ClassIncremental):

@@ -238,6 +238,7 @@ class ContinualLoop(pl.Callback):
             "initial_acc": self.initial_acc,
             "eval_seconds": self.eval_seconds,
             "fit_seconds": fit_seconds,
+            "train_seconds": fit_seconds - self.eval_seconds,  # fit without the evaluations
             "eval_share": self.eval_seconds / fit_seconds if fit_seconds > 0 else None,
         }
         if dm.scenario.has_task_il:

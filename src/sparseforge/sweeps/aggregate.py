@@ -1,10 +1,13 @@
 """``sparseforge-aggregate <sweep dir>``: one table from every summary.json of a sweep.
 
 Runs are grouped by their overrides (``.hydra/overrides.yaml``) with the seed left out, so each
-row is one sweep point averaged over seeds: mean ± sample standard deviation (n-1) and n. It
-prints a Markdown table, writes ``aggregate.csv`` and plots (accuracy vs density, accuracy vs
-training FLOPs, CL metrics) next to it. Needs no W&B; ``--wandb entity/project`` reads runs from
-W&B instead when it is online.
+row is one sweep point averaged over seeds (one arm of a study): mean ± sample standard deviation
+(n-1) and n. Rows follow the order of the sweep's declared axes (``hydra.sweeper.params``), else
+their values. The columns are the runs' ``report`` (a study's table: metric, columns, percent,
+differences paired by seed), else test/acc, density, training FLOPs and the CL metrics. It prints
+the table, writes ``aggregate.csv`` (per group), ``runs.csv`` (per run), ``table.md`` and plots
+(accuracy vs density, accuracy vs training FLOPs, CL metrics) next to it. Needs no W&B;
+``--wandb entity/project`` reads runs from W&B instead when it is online.
 
 Only runs whose status is "completed" count; the others are listed by status.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -24,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sparseforge.config.points import NOT_PART_OF_POINT, SEED_KEY, override_key, point_overrides
+from sparseforge.config.report import Report
 from sparseforge.errors import SparseforgeError
+from sparseforge.sweeps.tables import markdown_table, paired_table, row_labels, shown_values, varying_keys
 
 # summary.json sections flattened into "<section>.<key>" columns (numbers only, one level)
 SECTIONS = ("sparsity", "flops", "cl", "replay")
@@ -43,6 +49,8 @@ class RunRecord:
     status: str
     point: dict[str, str]  # override key -> value, seed and non-result keys left out
     values: dict[str, float]
+    seed: Any = None
+    report: dict[str, Any] | None = None  # the run's config node `report` (a study's table)
 
 
 @dataclass
@@ -112,8 +120,46 @@ def load_runs(sweep_dir: str | Path, ignore: Iterable[str] = ()) -> list[RunReco
             point = {"run": path.parent.name}
         else:
             point = point_of(overrides, ignore)
-        records.append(RunRecord(str(path.parent), str(summary.get("status", "unknown")), point, flat_values(summary)))
+        config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+        records.append(
+            RunRecord(
+                str(path.parent),
+                str(summary.get("status", "unknown")),
+                point,
+                flat_values(summary),
+                seed=summary.get("seed"),
+                report=config.get("report"),
+            )
+        )
     return records
+
+
+def sweep_order(sweep_dir: str | Path) -> dict[str, list[str]]:
+    """The values of every axis the sweep declared (``hydra.sweeper.params``, a study's arms and
+    seeds), in their declared order: from the multirun's ``multirun.yaml``, else from a run's
+    ``.hydra/hydra.yaml`` (the sbatch path writes no multirun.yaml)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(sweep_dir)
+    for path in [sweep_dir / "multirun.yaml", *sorted(sweep_dir.glob("*/.hydra/hydra.yaml"))[:1]]:
+        if not path.is_file():
+            continue
+        params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params")
+        if not params:
+            continue
+        order = {}
+        for key, value in OmegaConf.to_container(params).items():
+            try:
+                override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+                if override.is_discrete_sweep():
+                    order[override_key(str(key))] = list(override.sweep_string_iterator())
+                elif not override.is_sweep_override():
+                    order[override_key(str(key))] = [override.get_value_element_as_str()]
+            except Exception:  # e.g. glob(), which needs the config: that axis keeps sorted order
+                continue
+        return order
+    return {}
 
 
 def _sort_value(value: str) -> tuple:
@@ -123,50 +169,51 @@ def _sort_value(value: str) -> tuple:
         return (1, 0.0, value)
 
 
-def group_runs(records: Iterable[RunRecord]) -> list[Group]:
+def group_runs(records: Iterable[RunRecord], order: dict[str, list[str]] | None = None) -> list[Group]:
+    """Runs grouped by their point; groups sorted by the declared order of each axis (``order``,
+    see ``sweep_order``), else by value."""
     groups: dict[tuple, Group] = {}
     for record in records:
         key = tuple(sorted(record.point.items()))
         groups.setdefault(key, Group(dict(key))).runs.append(record)
     varying = varying_keys(groups.values())
-    return sorted(groups.values(), key=lambda g: [_sort_value(g.point.get(k, "")) for k in varying])
+    order = order or {}
+
+    def rank(key: str, value: str) -> tuple:
+        declared = order.get(key, [])
+        return (0, declared.index(value)) if value in declared else (1, _sort_value(value))
+
+    return sorted(groups.values(), key=lambda g: [rank(k, g.point.get(k, "")) for k in varying])
 
 
-def varying_keys(groups: Iterable[Group]) -> list[str]:
-    """Override keys whose value differs between groups (the table's leading columns)."""
-    groups = list(groups)
-    keys = sorted({k for g in groups for k in g.point})
-    return [k for k in keys if len({g.point.get(k) for g in groups}) > 1]
-
-
-def value_columns(groups: Iterable[Group], metric: str, columns: Iterable[str] = ()) -> list[str]:
-    """The metric, then ``columns`` if given, else density, training FLOPs and the CL metrics."""
+def value_columns(groups: Iterable[Group], report: Report) -> list[str]:
+    """The report's metric and columns; without declared columns, the standard ones present."""
+    if report.columns is not None:
+        return list(dict.fromkeys([report.metric, *report.columns]))
     present = {c for g in groups for r in g.runs for c in r.values}
-    preferred = [metric, *(columns or (DENSITY, TRAIN_FLOPS, *CL_COLUMNS))]
+    preferred = [report.metric, DENSITY, TRAIN_FLOPS, *CL_COLUMNS]
     return [c for c in dict.fromkeys(preferred) if c in present]
 
 
-def fmt(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+def runs_report(records: Iterable[RunRecord]) -> Report:
+    """The ``report`` the runs were started with (a study's), if they agree; else the defaults."""
+    found = {json.dumps(r.report, sort_keys=True) for r in records if r.report is not None}
+    if len(found) > 1:
+        print("warning: the runs have different `report` settings; using the defaults", file=sys.stderr)
+    return Report.from_config(json.loads(found.pop())) if len(found) == 1 else Report()
 
 
-def markdown_table(groups: list[Group], columns: list[str], digits: int = 4) -> str:
-    keys = varying_keys(groups) or (["point"] if len(groups) == 1 else [])
-    header = [*keys, "n", *columns]
-    rows = []
-    for g in groups:
-        cells = [
-            g.point.get(k, "") if k != "point" else " ".join(f"{a}={b}" for a, b in g.point.items()) or "(all)"
-            for k in keys
-        ]
-        cells.append(str(len(g.runs)))
-        cells += [fmt(*g.stats(c)[:2], digits) for c in columns]
-        rows.append(cells)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def write_runs_csv(groups: list[Group], path: Path) -> None:
+    """One row per run: its row label, overrides, seed and every numeric summary value."""
+    keys = sorted({k for g in groups for k in g.point})
+    columns = sorted({c for g in groups for r in g.runs for c in r.values})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", *keys, "seed", *columns, "run_dir"])
+        for label, g in zip(row_labels(groups), groups, strict=True):
+            for r in g.runs:
+                values = ["" if c not in r.values else repr(r.values[c]) for c in columns]
+                writer.writerow([label, *(g.point.get(k, "") for k in keys), r.seed, *values, r.run_dir])
 
 
 def write_csv(groups: list[Group], path: Path) -> None:
@@ -204,9 +251,10 @@ def plot(groups: list[Group], metric: str, out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         series: dict[str, list] = {}
+        shown = {k: dict(zip(map(id, groups), shown_values(groups, k), strict=True)) for k in varying}
         for g, x, y in points:
-            label = ", ".join(f"{k}={g.point[k]}" for k in varying if "density" not in k and k in g.point) or metric
-            series.setdefault(label, []).append((x[0], y[0], y[1] or 0.0))
+            label = ", ".join(f"{k}={shown[k][id(g)]}" for k in varying if "density" not in k and k in g.point)
+            series.setdefault(label or metric, []).append((x[0], y[0], y[1] or 0.0))
         for label, pts in series.items():
             pts.sort()
             ax.errorbar(
@@ -238,7 +286,7 @@ def plot(groups: list[Group], metric: str, out_dir: Path) -> list[Path]:
             )
         ax.set_xticks([j + width * (len(cl_cols) - 1) / 2 for j in range(len(groups))])
         ax.set_xticklabels(
-            [",".join(f"{k}={g.point[k]}" for k in varying if k in g.point) or "all" for g in groups],
+            row_labels(groups),
             rotation=30,
             ha="right",
             fontsize=7,
@@ -286,6 +334,8 @@ def load_wandb_runs(path: str, group: str | None, ignore: Iterable[str] = ()) ->
                 "completed" if run.state == "finished" else run.state,
                 {k: str(flat.get(k)) for k in varying},
                 values,
+                seed=flat.get(SEED_KEY),
+                report=run.config.get("report"),
             )
         )
     return records
@@ -302,26 +352,42 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def aggregate(
-    records: list[RunRecord], metric: str, out_dir: Path | None, digits: int = 4, columns: Iterable[str] = ()
+    records: list[RunRecord],
+    metric: str | None = None,
+    out_dir: Path | None = None,
+    digits: int = 4,
+    order: dict[str, list[str]] | None = None,
+    report: Report | None = None,
+    columns: Iterable[str] = (),
 ) -> tuple[list[Group], str]:
+    """The table (and, with ``out_dir``, the files) of ``records``. The report is ``report``, else
+    the runs' own (a study's); ``metric`` replaces its metric and ``columns`` its columns."""
     statuses = Counter(r.status for r in records)
     completed = [r for r in records if r.status == "completed"]
     if not completed:
         raise AggregateError(f"no completed runs ({dict(statuses) or 'no summary.json found'})")
-    groups = group_runs(completed)
-    table = markdown_table(groups, value_columns(groups, metric, tuple(columns)), digits)
+    report = report or runs_report(completed)
+    if metric is not None:
+        report = dataclasses.replace(report, metric=metric)
+    if columns:
+        report = dataclasses.replace(report, columns=list(columns))
+    groups = group_runs(completed, order)
+    text = markdown_table(groups, value_columns(groups, report), digits, report)
     common = {k: v for k, v in groups[0].point.items() if k not in varying_keys(groups)} if len(groups) > 1 else {}
-    text = table
     if common:
         text = "common: " + " ".join(f"{k}={v}" for k, v in common.items()) + "\n\n" + text
+    if report.paired:
+        text += "\n\n" + paired_table(groups, report, digits)
     others = {s: n for s, n in statuses.items() if s != "completed"}
     if others:
         text += "\n\nnot included: " + ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(groups, out_dir / "aggregate.csv")
+        write_runs_csv(groups, out_dir / "runs.csv")
         (out_dir / "table.md").write_text(text + "\n")
-        written = [out_dir / "aggregate.csv", out_dir / "table.md", *plot(groups, metric, out_dir)]
+        files = [out_dir / "aggregate.csv", out_dir / "runs.csv", out_dir / "table.md"]
+        written = [*files, *plot(groups, report.metric, out_dir)]
         text += "\n\nwrote: " + ", ".join(str(p) for p in written)
     return groups, text
 
@@ -331,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="sparseforge-aggregate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sweep_dir", nargs="?", help="a sweep directory, e.g. outputs/multiruns/dens")
-    parser.add_argument("--metric", default="test/acc", help="the accuracy column and y axis (default test/acc)")
+    parser.add_argument(
+        "--metric", help="the accuracy column and y axis (default: the runs' report.metric, else test/acc)"
+    )
     parser.add_argument("--out", help="where the CSV and plots go (default <sweep_dir>/aggregate)")
     parser.add_argument(
         "--ignore", action="append", default=[], help="also leave this override key out of the grouping"
@@ -347,15 +415,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group", help="with --wandb: only this W&B group (the sweep name)")
     args = parser.parse_args(argv)
     try:
+        order = None
         if args.wandb:
             records = load_wandb_runs(args.wandb, args.group, args.ignore)
             out = Path(args.out) if args.out else None
         elif args.sweep_dir:
             records = load_runs(args.sweep_dir, args.ignore)
             out = Path(args.out) if args.out else Path(args.sweep_dir) / "aggregate"
+            order = sweep_order(args.sweep_dir)
         else:
             raise AggregateError("give a sweep directory (or --wandb ENTITY/PROJECT)")
-        _, text = aggregate(records, args.metric, out, args.digits, args.column)
+        _, text = aggregate(records, args.metric, out, args.digits, order, columns=args.column)
     except SparseforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

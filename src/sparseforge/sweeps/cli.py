@@ -1,8 +1,10 @@
 """``sparseforge-sweep``: a sweep as a plain ``sbatch --array`` job, one overrides line per point.
 
 sparseforge-sweep plan sweep_name=dens sparsity.density=0.05,0.1,0.2 seed=0,1,2 > sweep.txt
-    writes one line of overrides per sweep point (Hydra's own sweep syntax and expansion, the
-    same points ``python train.py -m ...`` would run), checks every point first, leaves out
+sparseforge-sweep plan +study=cl_split_mnist > sweep.txt
+    writes one line of overrides per sweep point (Hydra's own sweep syntax and expansion, a
+    study's declared axes included: the same points ``python train.py -m ...`` would run,
+    in the same directories), checks every point first, leaves out
     points that already completed, and prints the matching sbatch line to stderr:
     sbatch --array=0-8%4 --output=outputs/multiruns/dens/.slurm/%A_%a.out slurm/array.sbatch sweep.txt
 sparseforge-sweep run sweep.txt 3 [extra overrides]
@@ -21,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparseforge.config.points import override_key
 from sparseforge.errors import SparseforgeError
 from sparseforge.sweeps.plan import SweepError, default_sweep_name, prepare_run_points
 
@@ -53,14 +54,12 @@ def _script_arg() -> str:
 
 
 def plan(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if not any(override_key(o) == "sweep_name" for o in overrides):
-        # Every line must name the sweep, or each point would get a fresh timestamped directory
-        # and a requeued job could not find its checkpoint.
-        name = default_sweep_name(overrides)
-        overrides.append(f"sweep_name={name}")
+    # Every line must name the sweep (a study names its own), or each point would get a fresh
+    # timestamped directory and a requeued job could not find its checkpoint.
+    name = default_sweep_name(args.overrides)
+    points = prepare_run_points(args.overrides, default_sweep_name=name)
+    if points and f"sweep_name={name}" in points[0].overrides:
         print(f"note: no sweep_name given, using sweep_name={name}", file=sys.stderr)
-    points = prepare_run_points(overrides)
     todo = [p for p in points if args.all or p.finished is None]
     lines = "".join(p.line + "\n" for p in todo)
     target = args.output or _stdout_file()
@@ -155,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep point {index} (restart {restart}): {shlex.join(overrides)}", file=sys.stderr, flush=True)
     from sparseforge.train import main as train_main
 
-    # ckpt_path=auto last: a requeued job resumes from last.ckpt, a completed point is skipped
-    sys.argv = ["sparseforge-train", *overrides, *args.extra, "ckpt_path=auto"]
+    # ckpt_path=auto last: a requeued job resumes from last.ckpt, a completed point is skipped.
+    # hydra.mode=RUN: the line is one point, also where its study would start a multirun.
+    sys.argv = ["sparseforge-train", *overrides, *args.extra, "ckpt_path=auto", "hydra.mode=RUN"]
     train_main()
     return 0
 

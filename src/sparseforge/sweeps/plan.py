@@ -2,7 +2,9 @@
 
 Both SLURM paths use this: the submitit launcher (``hardware=slurm``) and ``sparseforge-sweep
 plan`` (the sbatch array). The expansion is Hydra's own: its override parser and the basic
-sweeper's cartesian product, so ``a=1,2 b=range(3)`` means what it means to ``python train.py -m``.
+sweeper's cartesian product, so ``a=1,2 b=range(3)`` means what it means to ``python train.py -m``,
+and the axes a config declares in ``hydra.sweeper.params`` (a study's arms and seeds) come first,
+as the basic sweeper puts them.
 Each point is composed with the real config and checked (``config/validate.py``), its directory
 is resolved, and a point whose summary.json says completed is marked finished (when it would run
 with ``ckpt_path=auto``), so a rerun sweep submits only the rest.
@@ -60,6 +62,41 @@ def expand(arguments: Sequence[str], config_loader: Any = None) -> list[list[str
         raise SweepError(f"cannot parse the sweep: {': '.join(detail)}") from None
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def master_config(config_loader: Any, arguments: Sequence[str], config_name: str = "train") -> DictConfig:
+    """The sweep's config as Hydra composes it before expanding it (multirun mode, sweeps left out)."""
+    from hydra.types import RunMode
+
+    from sparseforge.config.overrides import normalise_overrides
+
+    expand(arguments, config_loader)  # a sweep that does not parse fails with the parser's message
+    try:
+        return config_loader.load_configuration(
+            config_name, overrides=normalise_overrides(arguments), run_mode=RunMode.MULTIRUN
+        )
+    except Exception as exc:  # Hydra's composition errors, e.g. an unknown group option
+        raise SweepError(f"cannot compose the sweep: {_first_line(exc)}") from None
+
+
+def sweeper_params(master: DictConfig) -> list[str]:
+    """The axes a config declares in ``hydra.sweeper.params`` (a study's arms and seeds), as overrides.
+
+    The basic sweeper puts them before the command line's overrides, and a key given on the
+    command line replaces the declared axis (``seed=0`` runs one seed of a study).
+    """
+    sweeper = master.hydra.sweeper
+    declared = sweeper.get("params")
+    params = OmegaConf.to_container(declared, resolve=False) if declared else {}
+    if params and sweeper.get("_target_") != BASIC_SWEEPER:
+        raise SweepError(
+            f"hydra.sweeper is {sweeper.get('_target_')}: it picks its points while it runs, so they cannot be "
+            "planned ahead; plan grid sweeps (Hydra's basic sweeper) or run this one with python train.py -m"
+        )
+    return [f"{key}={value}" for key, value in params.items()]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -83,11 +120,16 @@ def compose_error(index: int, overrides: Sequence[str], exc: BaseException) -> S
     return SweepError(f"sweep point {index} ({describe(overrides)}): {_first_line(exc)}")
 
 
-def prepare_run_points(arguments: Sequence[str], config_name: str = "train") -> list[Point]:
+def prepare_run_points(
+    arguments: Sequence[str], config_name: str = "train", default_sweep_name: str | None = None
+) -> list[Point]:
     """Points of ``arguments`` as single runs (the sbatch path): composed, checked, located.
 
     Each point runs as ``python train.py <overrides>`` with a ``sweep_name``, so its run
-    directory is the one the same point gets in a multirun.
+    directory is the one the same point gets in a multirun. The sweep's axes are those of the
+    command line and of ``hydra.sweeper.params`` (a study's), in the basic sweeper's order. When
+    neither the arguments nor the config name the sweep, ``sweep_name=<default_sweep_name>`` is
+    added to every point.
     """
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -104,6 +146,11 @@ def prepare_run_points(arguments: Sequence[str], config_name: str = "train") -> 
     points = []
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
+        arguments = list(arguments)
+        master = master_config(loader, arguments, config_name)
+        if default_sweep_name and not master.get("sweep_name"):
+            arguments.append(f"sweep_name={default_sweep_name}")
+        arguments = [*sweeper_params(master), *arguments]
         for index, overrides in enumerate(expand(arguments, loader)):
             try:
                 cfg = loader.load_configuration(config_name, overrides=list(overrides), run_mode=RunMode.RUN)
