@@ -124,7 +124,9 @@ def test_csv_and_plots(sweep):
 def test_chosen_columns_replace_the_default_ones(sweep):
     _, text = aggregate(load_runs(sweep), "test/acc", None, columns=["cl.bwt", "train/loss", "cl.nothing"])
     header = [c.strip() for c in text.splitlines()[2].split("|")[1:-1]]
-    assert header == ["sparsity.density", "n", "test/acc", "cl.bwt", "train/loss"]  # absent columns left out
+    assert header == ["sparsity.density", "n", "test/acc", "cl.bwt", "train/loss", "cl.nothing"]
+    rows = [line for line in text.splitlines()[4:] if line.startswith("|")]
+    assert rows and all(line.rstrip().endswith("| – |") for line in rows)  # reported by no run: empty
 
 
 def test_single_seed_has_no_std_and_missing_sections_are_fine(tmp_path):
@@ -153,6 +155,8 @@ def test_cli(sweep):
             str(sweep),
             "--column",
             "cl.bwt",
+            "--column",
+            "cl.bwtt",
             "--out",
             str(sweep / "o"),
         ],
@@ -161,7 +165,8 @@ def test_cli(sweep):
         text=True,
         timeout=300,
     )
-    assert chosen.returncode == 0 and "| sparsity.density | n | test/acc | cl.bwt |" in chosen.stdout
+    assert chosen.returncode == 0 and "| sparsity.density | n | test/acc | cl.bwt | cl.bwtt |" in chosen.stdout
+    assert "warning: no run reports column 'cl.bwtt' (did you mean 'cl.bwt'?)" in chosen.stderr
     assert (sweep / "aggregate" / "aggregate.csv").exists() and (sweep / "aggregate" / "table.md").exists()
     bad = aggregate_cli(str(sweep / "nope"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep directory")

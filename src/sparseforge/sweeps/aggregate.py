@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import difflib
 import json
 import math
 import statistics
@@ -426,6 +427,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise AggregateError("give a sweep directory (or --wandb ENTITY/PROJECT)")
         _, text = aggregate(records, args.metric, out, args.digits, order, columns=args.column)
+        reported = {c for r in records for c in r.values}
+        for column in args.column:
+            if column not in reported:  # shown empty; most likely a typo
+                close = difflib.get_close_matches(column, sorted(reported), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                print(f"warning: no run reports column {column!r}{hint}", file=sys.stderr)
     except SparseforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
