@@ -55,6 +55,14 @@ class AdadeltaConfig:
     weight_decay: float = 0.0
 
 
+@dataclass
+class OptimizerGroupsConfig:
+    """Which parameters are exempt from weight decay (``sparseforge.utils.param_groups``)."""
+
+    _target_: str = "sparseforge.utils.param_groups.WeightDecayGroups"
+    no_decay: List[str] = field(default_factory=list)
+
+
 # -- learning-rate schedulers --------------------------------------------------------------------
 @dataclass
 class CosineLRConfig:
@@ -245,6 +253,7 @@ def register_schemas() -> None:
         ("optimizer", "adam", AdamConfig),
         ("optimizer", "adamw", AdamWConfig),
         ("optimizer", "adadelta", AdadeltaConfig),
+        ("optimizer_groups", "default", OptimizerGroupsConfig),
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
         ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),
