@@ -156,7 +156,7 @@ class NMMode(str, Enum):
 class NMMaskDecay(str, Enum):
     linear = "linear"
     exponential = "exponential"
-    step = "step"
+    staircase = "staircase"  # ours; upstream's STEP decay is mode=ste
 
 
 class NMDecayBackward(str, Enum):
@@ -167,6 +167,12 @@ class NMDecayBackward(str, Enum):
 class NMStructureDecay(str, Enum):
     stepwise = "stepwise"
     geometric = "geometric"
+    densify = "densify"
+
+
+class NMSparseDim(str, Enum):
+    row = "row"  # groups of M along the input dimension (PGF's ROW)
+    col = "col"  # groups of M along the output dimension (PGF's COL, its Swin-V2 recipe)
 
 
 class NMIndivisible(str, Enum):
@@ -206,6 +212,7 @@ class NMSparsityConfig:
     n: int = 2
     m: int = 4
     mode: NMMode = NMMode.srste
+    sparse_dim: NMSparseDim = NMSparseDim.row
     include: Optional[List[str]] = field(default_factory=lambda: ["blocks.*.mlp.fc1", "blocks.*.mlp.fc2"])
     exclude: Optional[List[str]] = None
     dense_first_layer: bool = False

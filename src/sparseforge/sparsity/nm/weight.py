@@ -70,9 +70,10 @@ class NMWeight(nn.Module):
     model, never the soft mask (the official code evaluates on whatever alpha training left).
     """
 
-    def __init__(self, schedule: NMSchedule):
+    def __init__(self, schedule: NMSchedule, group_dim: int = 1):
         super().__init__()
         self.schedule = schedule
+        self.group_dim = int(group_dim)  # the groups of M run along this weight dimension (1: input)
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("total", torch.zeros((), dtype=torch.long))
         self._position: tuple[int, int] | None = (0, 0)
@@ -112,11 +113,12 @@ class NMWeight(nn.Module):
         phase = self.phase()
         if phase.dense:
             return weight
-        keep = nm_mask(weight, phase.n, phase.m)
+        keep = nm_mask(weight, phase.n, phase.m, self.group_dim)
         schedule = self.schedule
         sr_lambda = schedule.srste_lambda if schedule.mode == "srste" else 0.0
         exact_grad = schedule.mode == "mdgf" and schedule.decay_backward == "autograd"
         return _NMMaskedWeight.apply(weight, keep, phase.alpha, sr_lambda, exact_grad, self.loss_scale)
 
     def extra_repr(self) -> str:
-        return f"target={self.schedule.pattern}, mode={self.schedule.mode}"
+        grouping = "" if self.group_dim == 1 else f", group_dim={self.group_dim}"
+        return f"target={self.schedule.pattern}, mode={self.schedule.mode}{grouping}"
