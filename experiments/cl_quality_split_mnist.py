@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "finetune": ["method=finetune"],
     "er": ["method=er", "method.buffer_size=500"],
-    "er_ace": ["method=er_ace", "method.buffer_size=500"],
+    "er_ace": ["method=er_ace", "method.buffer_size=500"],  # cosine classifier, as current Mammoth
+    "er_ace_linear": ["method=er_ace", "method.buffer_size=500", "method.cosine_classifier=false"],
     "derpp": ["method=derpp", "method.buffer_size=500", "method.alpha=1.0", "method.beta=0.5"],
 }
 
@@ -74,7 +75,7 @@ def run(method: str, seed: int, out: Path, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["finetune", "er", "er_ace", "derpp"], choices=list(METHODS))
     parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temp dir)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
@@ -87,7 +88,7 @@ def main() -> None:
             r = run(method, seed, out, args.overrides)
             results.append(r)
             print(
-                f"{method:9s} seed {seed}: avg acc {100 * r['avg_acc']:.2f}%  task-IL {100 * r['avg_acc_task_il']:.2f}%  "
+                f"{method:13s} seed {seed}: avg acc {100 * r['avg_acc']:.2f}%  task-IL {100 * r['avg_acc_task_il']:.2f}%  "
                 f"forgetting {100 * r['forgetting']:.2f}  ({r['wall_s']:.0f} s)",
                 flush=True,
             )
@@ -105,7 +106,7 @@ def main() -> None:
             "seeds": args.seeds,
         }
         print(
-            f"{method:9s} class-IL {100 * statistics.mean(accs):.1f} +- {100 * std:.1f}   "
+            f"{method:13s} class-IL {100 * statistics.mean(accs):.1f} +- {100 * std:.1f}   "
             f"task-IL {100 * statistics.mean(til):.1f}   forgetting {100 * statistics.mean(fgt):.1f}"
         )
     print(json.dumps({"split_mnist_class_il": table, "runs": results}))
