@@ -232,6 +232,7 @@ def test_presets_carry_the_reference_settings(preset):
     # the authors' code: fp32, drop_last, density falls on a regrowth shortfall, seed-shuffled subsets
     assert cfg.trainer.precision == "32-true" and cfg.data.drop_last
     assert method.regrow_into_training is False and method.sample_order == "shuffled"
+    assert method.reinit_fan_out == "idle"  # the authors' re_initialize_u0
     if preset == "sharp_cifar10":
         assert list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]
 

@@ -116,3 +116,6 @@ def test_idle_reinit_std_is_upstreams_fan_out_of_the_idle_slice(layer_index, n_i
     # not the whole layer's fan-out (out x k^2), which gives weights sqrt(out / n_idle) times smaller
     whole_layer = units.idle_reinit_std(weight.shape[0], weight.shape)
     assert abs(float(fresh.std()) / whole_layer - 1) > 2 * tolerance
+    # ... unless asked for: reinit_fan_out=layer
+    units.reinit_idle_units(layer, ranks, torch.Generator().manual_seed(0), fan_out="layer")
+    assert float(weight.detach()[ranks == 0].std()) == pytest.approx(whole_layer, rel=tolerance)

@@ -42,6 +42,11 @@ class ReplayLayer(str, Enum):
     input = "input"  # raw-image replay
 
 
+class ReinitFanOut(str, Enum):
+    idle = "idle"  # Kaiming's fan-out of the idle rows alone, as the authors' code
+    layer = "layer"  # the whole layer's fan-out (a fresh initialisation's scale)
+
+
 class SampleOrder(str, Enum):
     shuffled = "shuffled"  # a seeded random order per episode, as the authors' seed-shuffled streams
     file = "file"  # dataset order: the same samples for every seed
@@ -73,6 +78,9 @@ class LearnerOptions:
     temperature: float = 0.1
     #: Re-initialise idle units' incoming weights after each episode.
     reinit_idle: bool = True
+    #: Kaiming fan-out of that re-initialisation: idle (n_idle x k^2, the authors'
+    #: re_initialize_u0, larger weights when few units are idle) or layer (out x k^2).
+    reinit_fan_out: ReinitFanOut = ReinitFanOut.idle
     #: When too few absent links into idle units exist to regrow what was dropped, regrow the rest
     #: into training (rank-1) units from non-idle inputs, so the density stays exact (true). False
     #: is the authors' behaviour: the layer's density drops and a warning is printed.
@@ -341,7 +349,7 @@ class SharpLearner:
         if self.reinit_idle:
             g = self.generator(episode, 10_000)
             for layer in self.layers:
-                units.reinit_idle_units(layer, self.ranks[layer.name], g)
+                units.reinit_idle_units(layer, self.ranks[layer.name], g, self.options.reinit_fan_out.value)
             self.masks.apply_()
         self._update_ltm(episode, inputs_per_class)
         self.last_transient_bytes = self.stm.nbytes
