@@ -129,7 +129,10 @@ def build(cfg: DictConfig) -> Run:
     lr_scheduler = make(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") else None
     if lr_scheduler is not None:
         _check_partial(lr_scheduler, "lr_scheduler", optimizer=probe)
-    method = make(cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler)
+    groups = make(cfg.optimizer_groups, "optimizer_groups") if cfg.get("optimizer_groups") else None
+    method = make(
+        cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, optimizer_groups=groups
+    )
     method.check_setup(datamodule)  # e.g. task-IL support, buffer size against the data
 
     callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback()]

@@ -200,3 +200,19 @@ def test_an_in_memory_dataset_keeps_its_stored_image_size():
         CIFAR10("/x", download=False, image_size=224)
     message = str(err.value)
     assert message.startswith("config error: dataset.image_size: cifar10 stores 32x32") and "\n" not in message
+
+
+def test_cifar_std_can_be_replaced_and_the_datamodule_normalises_with_it(data_dir):
+    from sparseforge.continual.scenarios import ClassIncremental
+    from sparseforge.lightning.datamodule import ContinualDataModule
+
+    sharp_std = (0.2023, 0.1994, 0.2010)  # SHARP's (and many CIFAR-10 repositories') constants
+    assert CIFAR10(data_dir, download=False).std == (0.2470, 0.2435, 0.2616)
+    dataset = CIFAR10(data_dir, download=False, std=list(sharp_std))
+    assert dataset.std == sharp_std and CIFAR10.std == (0.2470, 0.2435, 0.2616)  # the class keeps its own
+    transform = ContinualDataModule(dataset, ClassIncremental()).transform
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    expected = (1.0 - torch.tensor(dataset.mean)) / torch.tensor(sharp_std)
+    assert torch.allclose(transform(white, train=False)[0, :, 0, 0], expected)
+    with pytest.raises(ConfigError, match="dataset.std"):
+        CIFAR10(data_dir, download=False, std=[0.2, 0.2])

@@ -40,7 +40,7 @@ def test_split_mnist_replay_beats_catastrophic_forgetting(tmp_path, full_mnist_d
             # only the last task survives: earlier tasks end near 0, the last near 1
             assert all(a < 0.05 for a in cl["acc_matrix"][-1][:4]) and cl["acc_matrix"][-1][4] > 0.9
             assert cl["forgetting"] > 0.9
-    # measured (3 seeds): finetune 19.7%, ER 85.7%, ER-ACE 87.5%, DER++ 90.3%
+    # measured (3 seeds): finetune 19.7%, ER 85.7%, ER-ACE 89.7% (cosine head; 87.6% linear), DER++ 90.3%
     assert 0.15 <= acc["finetune"] <= 0.25, acc
     assert acc["er"] >= 0.70, acc
     assert acc["er_ace"] >= 0.70, acc

@@ -229,6 +229,12 @@ def test_presets_carry_the_reference_settings(preset):
     assert method.density == 0.4 and method.dense_first_conv and method.predict_with == "knn"
     assert method.tau_param == 30 and method.stm_num_tasks == 1 and method.reinit_idle
     assert method.batch_size_memory is None  # = batch size, as in every script
+    # the authors' code: fp32, drop_last, density falls on a regrowth shortfall, seed-shuffled subsets
+    assert cfg.trainer.precision == "32-true" and cfg.data.drop_last
+    assert method.regrow_into_training is False and method.sample_order == "shuffled"
+    assert method.reinit_fan_out == "idle"  # the authors' re_initialize_u0
+    if preset == "sharp_cifar10":
+        assert list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]
 
 
 FAKE = {

@@ -85,5 +85,37 @@ def test_idle_reinit_touches_only_idle_rows():
     w = layer.module.weight.detach()
     assert torch.equal(w[:300], before[:300]) and not torch.equal(w[300:], before[300:])
     assert (layer.module.bias[300:] == 0).all() and (layer.module.bias[:300] == 1).all()
-    # Kaiming normal, fan_out = 500 outputs, ReLU gain: std sqrt(2/500)
-    assert float(w[300:].std()) == pytest.approx((2 / 500) ** 0.5, rel=0.05)
+
+
+def upstream_reinit_std(weight: torch.Tensor, idle: torch.Tensor) -> float:
+    """The std the authors' ``re_initialize_u0`` gets: torch's Kaiming-normal (fan_out, ReLU) on
+    the slice ``weight[idle]``, computed with torch's own fan and gain functions."""
+    _, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(weight[idle])
+    return torch.nn.init.calculate_gain("relu") / fan_out**0.5
+
+
+@pytest.mark.parametrize(
+    ("layer_index", "n_idle", "expected"),
+    [(2, 50, 0.200), (2, 400, 0.0707), (1, 4, 0.236)],  # 500-unit linear; 16-channel 3x3 conv
+)
+def test_idle_reinit_std_is_upstreams_fan_out_of_the_idle_slice(layer_index, n_idle, expected):
+    net = create_model("sharp_mnistlike", 10, 1, 28)
+    layer = net.weight_layers()[layer_index]
+    weight = layer.module.weight
+    ranks = torch.ones(weight.shape[0], dtype=torch.long)
+    idle = torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(1))[:n_idle]
+    ranks[idle] = 0
+    formula = upstream_reinit_std(weight.detach(), ranks == 0)
+    assert formula == pytest.approx(expected, rel=2e-3)
+    assert units.idle_reinit_std(n_idle, weight.shape) == pytest.approx(formula, rel=1e-12)
+    units.reinit_idle_units(layer, ranks, torch.Generator().manual_seed(0))
+    fresh = weight.detach()[ranks == 0]
+    # the empirical std of the fresh weights, within sampling error of the formula
+    tolerance = 4 / (2 * fresh.numel()) ** 0.5
+    assert float(fresh.std()) == pytest.approx(formula, rel=tolerance)
+    # not the whole layer's fan-out (out x k^2), which gives weights sqrt(out / n_idle) times smaller
+    whole_layer = units.idle_reinit_std(weight.shape[0], weight.shape)
+    assert abs(float(fresh.std()) / whole_layer - 1) > 2 * tolerance
+    # ... unless asked for: reinit_fan_out=layer
+    units.reinit_idle_units(layer, ranks, torch.Generator().manual_seed(0), fan_out="layer")
+    assert float(weight.detach()[ranks == 0].std()) == pytest.approx(whole_layer, rel=tolerance)

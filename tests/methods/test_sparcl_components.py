@@ -362,3 +362,35 @@ def test_ddr_state_round_trip_continues_identically():
 def test_bad_ddr_options_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"method.ddr.{key}"):
         DataRemoval(**{"removal_epochs": [5, 10, 15, 20], "remove_fraction": 0.3, **kwargs})
+
+
+def test_freeze_bn_bias_keeps_every_batch_norm_bias_at_zero_as_the_release():
+    from functools import partial
+
+    from sparseforge.methods.sparcl import SparCL
+    from sparseforge.models import create_model
+
+    def bn_biases(model):
+        return [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        model = create_model("small_cnn", 4, 3, 16)
+        with torch.no_grad():
+            for b in bn_biases(model):
+                b.fill_(0.5)  # a trained-looking start: the option must zero them itself
+        method = SparCL(model, partial(torch.optim.SGD, lr=0.5), freeze_bn_bias=freeze)
+        optimizer = method.configure_optimizers()
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 16, 16)), torch.arange(8) % 4)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        biases = bn_biases(model)
+        if freeze:
+            assert all(torch.count_nonzero(b) == 0 and not b.requires_grad for b in biases)
+            assert not any(id(b) in in_optimizer for b in biases)
+        else:  # the paper: BN biases train
+            assert all(b.requires_grad and id(b) in in_optimizer for b in biases)
+            assert all(not torch.allclose(b, torch.full_like(b, 0.5)) for b in biases)

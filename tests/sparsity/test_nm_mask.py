@@ -70,6 +70,31 @@ def test_ties_keep_the_lower_index_every_time():
     assert torch.equal(mask, nm_mask(w.clone(), 2, 4))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    nm=st.sampled_from(PATTERNS),
+    kind=st.sampled_from(["linear", "conv2d"]),
+    groups=st.integers(1, 4),
+    width=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_column_grouping_keeps_n_of_every_m_along_the_output_dimension(nm, kind, groups, width, seed):
+    n, m = nm
+    shape = (groups * m, width) if kind == "linear" else (groups * m, width, 2, 3)
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    mask = nm_mask(w, n, m, dim=0)
+    assert mask.shape == w.shape and bool((group_counts(mask, m, dim=0) == n).all())
+    assert satisfies_nm(w * mask, n, m, dim=0)
+    # PGF's COL mode (get_sparse_mask, sparse_dim=1) groups the transposed weight's rows: the same
+    # as row grouping of the weight with its first two dimensions swapped
+    assert torch.equal(mask, nm_mask(w.transpose(0, 1), n, m).transpose(0, 1))
+
+
+def test_mask_rejects_indivisible_output_dimension_when_grouping_columns():
+    with pytest.raises(ValueError, match="output dimension 6 is not divisible by M=4"):
+        nm_mask(torch.randn(6, 8), 1, 4, dim=0)
+
+
 def test_mask_rejects_indivisible_input_dimension():
     with pytest.raises(ValueError, match="not divisible by M=8"):
         nm_mask(torch.randn(4, 12), 1, 8)

@@ -19,7 +19,7 @@ def test_mask_is_recomputed_after_an_optimizer_step_and_reused_until_then(monkey
     import sparseforge.sparsity.nm.weight as weight_module
 
     original = weight_module.nm_mask
-    monkeypatch.setattr(weight_module, "nm_mask", lambda w, n, m: calls.append(1) or original(w, n, m))
+    monkeypatch.setattr(weight_module, "nm_mask", lambda w, n, m, dim=1: calls.append(1) or original(w, n, m, dim))
     x = torch.randn(6, 16)
     for _ in range(3):  # gradient accumulation: three micro-batches, one mask
         model(x).sum().backward()

@@ -200,6 +200,36 @@ def test_geometric_sdgf_needs_8m():
     assert list(NMSparsifier(model, NMSchedule(n=1, m=8, mode="sdgf", structure="geometric")).layers) == ["0"]
 
 
+def test_densify_sdgf_needs_8m_too():
+    with pytest.raises(ConfigError, match="not divisible by 8M=32"):
+        NMSparsifier(nn.Sequential(nn.Linear(16, 8)), NMSchedule(n=1, m=4, mode="sdgf", structure="densify"))
+
+
+def test_column_grouping_through_the_sparsifier_and_export():
+    from sparseforge.sparsity.nm.export import hard_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8))
+    sp = NMSparsifier(model, NMSchedule(n=1, m=4, mode="srste"), sparse_dim="col")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for t in range(3):
+        sp.set_position(t, 10)
+        model(torch.randn(5, 12)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        for layer in sp.layers.values():
+            effective = layer.weight.detach()
+            assert bool((group_counts(effective, 4, dim=0) == 1).all())
+            assert torch.equal(effective != 0, nm_mask(dense_weight(layer), 1, 4, dim=0))
+        assert sp.verify().pattern == "1:4"
+    masks, _ = hard_masks(model)
+    assert all(bool((group_counts(mask, 4, dim=0) == 1).all()) for mask in masks.values())
+    with pytest.raises(ConfigError, match="layer 0 has output dimension 6, not divisible by M=4"):
+        NMSparsifier(nn.Sequential(nn.Linear(8, 6)), NMSchedule(n=1, m=4, mode="ste"), sparse_dim="col")
+    with pytest.raises(ConfigError, match="sparsity.sparse_dim: unknown value 'diag'"):
+        NMSparsifier(nn.Sequential(nn.Linear(8, 8)), NMSchedule(n=1, m=4, mode="ste"), sparse_dim="diag")
+
+
 def test_indivisible_dense_leaves_the_layer_dense_and_says_so(caplog):
     model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
     with caplog.at_level("WARNING", logger="sparseforge"):

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseforge.sparsity.nm.schedule import NMSchedule, geometric_stages, stepwise_stages
+from sparseforge.sparsity.nm.schedule import NMSchedule, densify_stages, geometric_stages, stepwise_stages
 
 
-@pytest.mark.parametrize("decay", ["linear", "exponential", "step"])
+@pytest.mark.parametrize("decay", ["linear", "exponential", "staircase"])
 @pytest.mark.parametrize("dense_fraction,end_fraction,total", [(0.0, 1.0, 100), (0.1, 0.8, 1000), (0.25, 0.5, 37)])
 def test_mask_decay_hits_its_endpoints_exactly(decay, dense_fraction, end_fraction, total):
     s = NMSchedule(n=1, m=8, mode="mdgf", decay=decay, dense_fraction=dense_fraction, decay_end_fraction=end_fraction)
@@ -43,8 +43,8 @@ def test_exponential_decay_values_and_paper_coefficient():
     assert paper.alpha(total, total) == 0.0
 
 
-def test_step_decay_levels():
-    s = NMSchedule(n=1, m=8, mode="mdgf", decay="step", decay_levels=4)
+def test_staircase_decay_levels():
+    s = NMSchedule(n=1, m=8, mode="mdgf", decay="staircase", decay_levels=4)
     assert [s.alpha(t, 8) for t in range(9)] == [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25, 0.0]
 
 
@@ -67,6 +67,19 @@ def test_stepwise_and_geometric_chains():
     assert NMSchedule(n=1, m=32, mode="sdgf", structure="stepwise").largest_group == 32
 
 
+def test_densify_is_pgfs_chain_and_frames():
+    assert densify_stages(1, 4) == [(1, 32), (1, 16), (1, 8), (1, 4)]
+    assert densify_stages(2, 8) == [(2, 64), (2, 32), (2, 16), (2, 8)]
+    s = NMSchedule(n=2, m=4, mode="sdgf", structure="densify", dense_fraction=0.1, finetune_fraction=0.1)
+    assert s.largest_group == 32
+    # PGF get_decay_config('densify'): frame i starts at int(dense + i * (total - dense - ft) / 4)
+    # with pattern N:(M * 2^(3 - i)); here 350 epochs, 35 dense, 35 fine-tune
+    frame = (350 - 35 - 35) / 4
+    assert s.stage_starts(350) == [int(35 + i * frame) for i in range(4)]
+    assert [s.phase(t, 350).pattern for t in s.stage_starts(350)] == ["2:32", "2:16", "2:8", "2:4"]
+    assert [s.phase(t, 350).density for t in s.stage_starts(350)] == [2 / 32, 2 / 16, 2 / 8, 2 / 4]
+
+
 def test_sdgf_stage_boundaries_worked_example():
     # reference §2.5: T = 350 epochs, dense 35, fine-tune 35, stepwise 1:8 -> stages at 35, 105, 175, 245
     s = NMSchedule(n=1, m=8, mode="sdgf", dense_fraction=0.1, finetune_fraction=0.1)
@@ -83,7 +96,7 @@ def test_sdgf_stage_boundaries_worked_example():
     total=st.integers(1, 5000),
     dense=st.floats(0.0, 0.5),
     finetune=st.floats(0.0, 0.45),
-    structure=st.sampled_from(["stepwise", "geometric"]),
+    structure=st.sampled_from(["stepwise", "geometric", "densify"]),
     nm=st.sampled_from([(1, 4), (2, 4), (1, 8), (1, 16), (1, 32)]),
 )
 def test_sdgf_stages_are_equal_and_fill_the_span(total, dense, finetune, structure, nm):
@@ -130,8 +143,8 @@ def test_hard_phase_is_binary_even_mid_decay():
         ({"dense_fraction": 1.0}, "dense_fraction"),
         ({"mode": "mdgf", "decay": "cosine"}, "mdgf.decay"),
         ({"mode": "mdgf", "dense_fraction": 0.5, "decay_end_fraction": 0.4}, "mdgf.end_fraction"),
-        ({"decay": "step", "decay_coef_per_step": 1e-4}, "mdgf.coef_per_step"),
-        ({"mode": "sdgf", "structure": "densify"}, "sdgf.structure"),
+        ({"decay": "staircase", "decay_coef_per_step": 1e-4}, "mdgf.coef_per_step"),
+        ({"mode": "sdgf", "structure": "custom"}, "sdgf.structure"),
         ({"dense_fraction": 0.6, "finetune_fraction": 0.5}, "sdgf.finetune_fraction"),
         ({"srste_lambda": -1.0}, "srste.lambda_w"),
     ],

@@ -172,3 +172,108 @@ def test_a_density_that_empties_a_layer_names_the_layer_and_the_smallest_workabl
     shapes = weight_shapes(select_layers(model))
     real = solve_densities(shapes, smallest * 0.99, "uniform")
     assert min(real[n] * math.prod(s) for n, s in shapes.items()) < 1
+
+
+# -- Random_Pruning's uniform_plus and ERK_plus -------------------------------------------------------
+def upstream_uniform_plus(sizes: dict[str, int], density: float, floor: float = 0.2) -> dict[str, float]:
+    """Random_Pruning CIFAR/sparselearning/core.py Masking.init, mode uniform_plus, as densities."""
+    names = list(sizes)
+    first, last, total = names[0], names[-1], sum(sizes.values())
+    if density >= floor:
+        return {n: 1.0 if n == first else density for n in names}
+    rest = (density * total - sizes[first] - floor * sizes[last]) / total  # all masked weights below
+    return {n: 1.0 if n == first else floor if n == last else rest for n in names}
+
+
+plus_case = st.tuples(
+    st.lists(st.one_of(linear_shape, conv_shape), min_size=2, max_size=8),
+    st.floats(0.01, 0.6),
+    st.one_of(st.none(), st.floats(0.05, 1.0)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plus_case)
+def test_uniform_plus_is_random_prunings_first_dense_classifier_floor_rest_uniform(case):
+    shapes, density, fc = case
+    named = {f"l{i}": s for i, s in enumerate(shapes)}
+    sizes = {n: math.prod(s) for n, s in named.items()}
+    expected = upstream_uniform_plus(sizes, density, 0.2 if fc is None else fc)
+    if min(expected.values()) <= 0:
+        with pytest.raises(ConfigError, match="too low for uniform_plus"):
+            layer_nnz(named, density, "uniform_plus", fc_density=fc)
+        return
+    try:
+        counts = layer_nnz(named, density, "uniform_plus", fc_density=fc)
+    except ConfigError as err:  # a tiny layer rounds to no weight: the message says what works
+        assert "no weight" in str(err) and any(expected[n] * sizes[n] < 1 for n in named)
+        return
+    first, last = "l0", f"l{len(shapes) - 1}"
+    assert counts[first] == sizes[first]  # dense
+    for n in named:
+        assert isinstance(counts[n], int) and abs(counts[n] - expected[n] * sizes[n]) < 1, n
+    if density >= (0.2 if fc is None else fc):
+        assert abs(counts[last] - density * sizes[last]) < 1
+    assert sum(counts.values()) == math.floor(sum(expected[n] * sizes[n] for n in named) + 0.5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plus_case)
+def test_erk_plus_fixes_the_classifier_and_spends_the_rest_of_the_budget_on_erk(case):
+    shapes, density, fc = case
+    fc_density = 1.0 if fc is None else fc
+    named = {f"l{i}": s for i, s in enumerate(shapes)}
+    sizes = {n: math.prod(s) for n, s in named.items()}
+    last, total = f"l{len(shapes) - 1}", sum(sizes.values())
+    rest = (density * total - fc_density * sizes[last]) / (total - sizes[last])  # ImageNet/core.py ERK_plus
+    if rest <= 0:
+        with pytest.raises(ConfigError, match="too low for erk_plus"):
+            layer_nnz(named, density, "erk_plus", fc_density=fc)
+        return
+    others = {n: s for n, s in named.items() if n != last}
+    real = {**solve_densities(others, rest, "erk"), last: fc_density}
+    assert solve_densities(named, density, "erk_plus", fc_density=fc) == pytest.approx(real)
+    try:
+        counts = layer_nnz(named, density, "erk_plus", fc_density=fc)
+    except ConfigError as err:
+        assert "no weight" in str(err) and any(real[n] * sizes[n] < 1 for n in named)
+        return
+    for n in named:
+        assert abs(counts[n] - min(real[n], 1.0) * sizes[n]) < 1, n
+    if rest <= 1:  # the classifier is charged to the budget, which is met exactly
+        assert sum(counts.values()) == math.floor(density * total + 0.5)
+
+
+def test_uniform_plus_on_resnet18_at_0_05_and_the_first_layer_and_classifier():
+    model = create_model("resnet18_cifar", 10, 3, 32)
+    got = layer_densities(model, 0.05, "uniform_plus")
+    names = list(got)
+    assert names[0] == "conv1" and names[-1] == "fc" and got["conv1"] == 1.0
+    assert got["fc"] == pytest.approx(0.2, abs=1 / 5120)
+    sizes = {n: math.prod(m.weight.shape) for n, m in select_layers(model).items()}
+    rest = upstream_uniform_plus(sizes, 0.05)["layer1.0.conv1"]
+    assert 0.0497 < rest < 0.05 and all(abs(got[n] - rest) * sizes[n] < 1 for n in names[1:-1])
+    erk_plus = layer_densities(model, 0.05, "erk_plus", fc_density=0.5)
+    assert erk_plus["fc"] == pytest.approx(0.5, abs=1 / 5120)
+
+
+def test_plus_distributions_refuse_options_that_would_move_their_fixed_layers():
+    from sparseforge.sparsity.options import SparsityOptions
+
+    for values, key in (
+        ({"distribution": "uniform_plus", "dense_first_layer": True}, "sparsity.dense_first_layer"),
+        ({"distribution": "uniform_plus", "dense_first_conv": True}, "sparsity.dense_first_conv"),
+        ({"distribution": "erk_plus", "dense_last_layer": True}, "sparsity.dense_last_layer"),
+        ({"distribution": "erk", "fc_density": 0.5}, "sparsity.fc_density"),
+        ({"distribution": "erk_plus", "fc_density": 1.5}, "sparsity.fc_density"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            SparsityOptions.from_values({"update_rule": "static", **values})
+    SparsityOptions.from_values({"update_rule": "static", "distribution": "erk_plus", "dense_first_conv": True})
+
+
+def test_dense_first_conv_keeps_a_conv_stem_dense_but_not_an_mlps_first_layer():
+    cnn = create_model("resnet18_cifar", 10, 3, 32)
+    assert "conv1" not in select_layers(cnn, dense_first_conv=True) and "conv1" in select_layers(cnn)
+    mlp = create_model("mlp", 10, 1, 28)
+    assert list(select_layers(mlp, dense_first_conv=True)) == list(select_layers(mlp))

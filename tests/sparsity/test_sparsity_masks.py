@@ -112,9 +112,9 @@ def test_regrown_weights_start_at_zero_with_zeroed_optimizer_state(opt_name, rul
             assert torch.all(value[kept] == 0.25)
 
 
-def test_rigl_grows_the_largest_dense_gradients_among_inactive_weights_and_not_the_just_dropped():
+def test_rigl_without_regrow_dropped_grows_among_weights_inactive_before_the_update():
     model = small_cnn()
-    sp = Sparsifier(model, None, density=0.2, update_rule="rigl", total_steps=100)
+    sp = Sparsifier(model, None, density=0.2, update_rule="rigl", total_steps=100, regrow_dropped=False)
     old = {n: sp.masks[n].clone() for n in sp.masks}
     g = torch.Generator().manual_seed(0)
     grads = {n: torch.rand(sp.masks.weight(n).shape, generator=g) for n in sp.masks}
@@ -127,6 +127,44 @@ def test_rigl_grows_the_largest_dense_gradients_among_inactive_weights_and_not_t
         expected = torch.topk(grads[n].masked_fill(old[n], -1).flatten(), k).indices
         assert set(expected.tolist()) == set(grown.flatten().nonzero().flatten().tolist()), n
         assert not (grown & old[n]).any()
+
+
+@pytest.mark.parametrize("rule", ["rigl", "set", "momentum"])
+def test_rigl_set_and_snfs_default_to_growing_among_all_weights_inactive_after_the_drop(rule):
+    sp = Sparsifier(small_cnn(), None, density=0.2, update_rule=rule, total_steps=100)
+    assert sp.options.rule.regrow_dropped  # RigL's Algorithm 1 and code
+    unfired = Sparsifier(small_cnn(), None, density=0.2, update_rule="unfired", total_steps=100)
+    assert not unfired.options.rule.regrow_dropped
+
+
+def test_rigl_by_default_regrows_a_just_dropped_weight_which_keeps_its_value_and_optimizer_state():
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = Sparsifier(model, optimizer, density=0.2, update_rule="rigl", total_steps=100)  # default candidates
+    train_steps(model, optimizer, sp, 2)
+    for p in model.parameters():  # every momentum entry non-zero, so a reset cannot hide
+        optimizer.state[p]["momentum_buffer"].fill_(0.25)
+    name = "features.4"
+    mask, weight = sp.masks[name].clone(), sp.masks.weight(name).detach().clone()
+    active = mask.flatten().nonzero().flatten()
+    n = len(active) // 2  # drop fraction 0.5: the n smallest |w| among the active weights go
+    dropped = active[weight.flatten()[active].abs().argsort()[:n]]
+    regrown = dropped[: n // 2]  # half of them have the largest gradients, so RigL grows them back
+    inactive = (~mask).flatten().nonzero().flatten()
+    new = inactive[: n - len(regrown)]  # the rest of the growth goes to weights inactive before
+    grad = torch.zeros(mask.numel())
+    grad[regrown], grad[new] = 10.0 + torch.rand(len(regrown)), 5.0 + torch.rand(len(new))
+    grads = {k: torch.zeros_like(sp.masks.weight(k)) for k in sp.masks} | {name: grad.view(mask.shape)}
+    stats = sp.update_now(drop_fraction=0.5, dense_grads=grads, optimizer=optimizer)
+    after, w = sp.masks[name].flatten(), sp.masks.weight(name).detach().flatten()
+    momentum = optimizer.state[sp.masks.weight(name)]["momentum_buffer"].flatten()
+    assert after[regrown].all() and after[new].all() and not after[dropped[n // 2 :]].any()
+    # dropped and regrown in the same update: still active, same value, same optimizer state
+    assert torch.equal(w[regrown], weight.flatten()[regrown]) and bool((w[regrown] != 0).all())
+    assert bool((momentum[regrown] == 0.25).all())
+    # weights inactive before: start at 0 with zeroed state
+    assert bool((w[new] == 0).all()) and bool((momentum[new] == 0).all())
+    assert stats["layers"][name] == {"grown": len(new), "dropped": n - len(regrown)}
 
 
 def test_regrow_dropped_lets_an_update_regrow_what_it_just_dropped():

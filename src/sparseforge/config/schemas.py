@@ -55,6 +55,14 @@ class AdadeltaConfig:
     weight_decay: float = 0.0
 
 
+@dataclass
+class OptimizerGroupsConfig:
+    """Which parameters are exempt from weight decay (``sparseforge.utils.param_groups``)."""
+
+    _target_: str = "sparseforge.utils.param_groups.WeightDecayGroups"
+    no_decay: List[str] = field(default_factory=list)
+
+
 # -- learning-rate schedulers --------------------------------------------------------------------
 @dataclass
 class CosineLRConfig:
@@ -151,7 +159,7 @@ class NMMode(str, Enum):
 class NMMaskDecay(str, Enum):
     linear = "linear"
     exponential = "exponential"
-    step = "step"
+    staircase = "staircase"  # ours; upstream's STEP decay is mode=ste
 
 
 class NMDecayBackward(str, Enum):
@@ -162,6 +170,12 @@ class NMDecayBackward(str, Enum):
 class NMStructureDecay(str, Enum):
     stepwise = "stepwise"
     geometric = "geometric"
+    densify = "densify"
+
+
+class NMSparseDim(str, Enum):
+    row = "row"  # groups of M along the input dimension (PGF's ROW)
+    col = "col"  # groups of M along the output dimension (PGF's COL, its Swin-V2 recipe)
 
 
 class NMIndivisible(str, Enum):
@@ -201,6 +215,7 @@ class NMSparsityConfig:
     n: int = 2
     m: int = 4
     mode: NMMode = NMMode.srste
+    sparse_dim: NMSparseDim = NMSparseDim.row
     include: Optional[List[str]] = field(default_factory=lambda: ["blocks.*.mlp.fc1", "blocks.*.mlp.fc2"])
     exclude: Optional[List[str]] = None
     dense_first_layer: bool = False
@@ -248,6 +263,7 @@ def register_schemas() -> None:
         ("optimizer", "adam", AdamConfig),
         ("optimizer", "adamw", AdamWConfig),
         ("optimizer", "adadelta", AdadeltaConfig),
+        ("optimizer_groups", "default", OptimizerGroupsConfig),
         ("lr_scheduler", "cosine", CosineLRConfig),
         ("lr_scheduler", "multistep", MultiStepLRConfig),
         ("lr_scheduler", "warmup_cosine", WarmupCosineLRConfig),

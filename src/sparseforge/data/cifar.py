@@ -3,6 +3,10 @@
 torchvision verifies the md5 of every batch file. ``verify_checksums=False`` reads files that
 are in the right format but are not the official ones (for example the tiny files the tests
 write); keep it on for real data.
+
+``std`` replaces the per-channel std used for normalisation: SHARP's code (and many CIFAR-10
+repositories) normalise CIFAR-10 with (0.2023, 0.1994, 0.2010) instead of the training set's
+(0.2470, 0.2435, 0.2616); the ``sharp_cifar10`` preset sets it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 
 from sparseforge.data.base import ImageDataset, ImageTensors
 from sparseforge.data.registry import register_dataset
+from sparseforge.errors import ConfigError
 
 
 def _without_checksums(cls):
@@ -32,9 +37,13 @@ class _Cifar(ImageDataset):
     torchvision_class: str
     folder: str
 
-    def __init__(self, root=None, download: bool = True, verify_checksums: bool = True, **options):
+    def __init__(self, root=None, download: bool = True, verify_checksums: bool = True, std=None, **options):
         super().__init__(root, download, **options)
         self.verify_checksums = verify_checksums
+        if std is not None:
+            if len(std) != self.in_chans or not all(float(v) > 0 for v in std):
+                raise ConfigError("dataset.std", f"must be {self.in_chans} positive numbers, got {list(std)}")
+            self.std = tuple(float(v) for v in std)
 
     def expected_location(self) -> str:
         import torchvision.datasets as tvd

@@ -44,6 +44,10 @@ FLOPS_CONVENTION = (
     "x N/M while the mask is binary (dense during warm-up and while MdGf alpha > 0), weight-gradient dense; "
     "other ops 3 x forward"
 )
+GROUPING = {
+    "row": "input dimension innermost: Linear along in_features; Conv along input channels at fixed (k,r,s)",
+    "col": "output dimension innermost: Linear along out_features; Conv along output channels at fixed (c,r,s)",
+}
 _SECTION_KEYS = {
     "srste": {"lambda_w": "srste_lambda"},
     "mdgf": {
@@ -91,6 +95,7 @@ class NMSparsityCallback(pl.Callback):
         n: int = 2,
         m: int = 4,
         mode: str = "srste",
+        sparse_dim: str = "row",
         include: Sequence[str] | None = ("blocks.*.mlp.fc1", "blocks.*.mlp.fc2"),
         exclude: Sequence[str] | None = None,
         dense_first_layer: bool = False,
@@ -118,6 +123,7 @@ class NMSparsityCallback(pl.Callback):
         self.dense_first_layer = dense_first_layer
         self.dense_last_layer = dense_last_layer
         self.indivisible = _plain(indivisible)
+        self.sparse_dim = _plain(sparse_dim)
         self.export = export
         self.sparsifier: NMSparsifier | None = None
         self.flops: FlopsAccountant | None = None
@@ -142,6 +148,7 @@ class NMSparsityCallback(pl.Callback):
                 dense_first_layer=self.dense_first_layer,
                 dense_last_layer=self.dense_last_layer,
                 indivisible=self.indivisible,
+                sparse_dim=self.sparse_dim,
             )
             self.flops = FlopsAccountant(model, self.sparsifier.layers)
 
@@ -222,7 +229,7 @@ class NMSparsityCallback(pl.Callback):
             "density": sparse_nonzero / sparse_numel,
             "model_density": (sparse_nonzero + dense_numel) / model_numel,
             "evaluation": "binary N:M mask (alpha=0), recomputed from the final weights",
-            "grouping": "input dimension innermost: Linear along in_features; Conv along input channels at fixed (k,r,s)",
+            "grouping": GROUPING[self.sparse_dim],
             "layers": stats,
             "dense_layers": [name for name in all_layers if name not in stats],
             "dense_by_shape": list(self.sparsifier.dense_by_shape),
@@ -234,7 +241,9 @@ class NMSparsityCallback(pl.Callback):
             world = trainer.world_size  # every rank trains its own share of the samples
             final, layers = self.schedule.final_phase(), list(self.sparsifier.layers)
             inference = f.forward_flops({name: forward_density(final) for name in layers})
-            hardware = f.forward_flops({name: hardware_2to4_density(final) for name in layers})
+            # 2:4 tensor cores need the groups along the reduction (input) dimension
+            on_2to4 = hardware_2to4_density(final) if self.sparse_dim == "row" else 1.0
+            hardware = f.forward_flops({name: on_2to4 for name in layers})
             sections["flops"] = {
                 "convention": FLOPS_CONVENTION,
                 "train_total": f.train_total * world,

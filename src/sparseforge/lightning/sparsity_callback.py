@@ -30,11 +30,10 @@ import lightning.pytorch as pl
 
 from sparseforge.config.structured import schema_of, store_schema
 from sparseforge.errors import ConfigError
-from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.options import SparsityOptions, rule_class
 from sparseforge.sparsity.rules import RULES
 from sparseforge.sparsity.sparsifier import Sparsifier
-from sparseforge.sparsity.targets import prunable_layers, select_layers
+from sparseforge.sparsity.targets import prunable_layers
 
 log = logging.getLogger("sparseforge")
 
@@ -61,8 +60,7 @@ class SparsityCallback(pl.Callback):
         check_sparsity_contract(method, sparse=not o.is_dense)
         if o.is_dense:
             return
-        layers = select_layers(method.model, o.include, o.exclude, o.dense_first_layer, o.dense_last_layer)
-        layer_nnz(weight_shapes(layers), o.density, o.distribution, o.erk_power_scale)
+        o.layer_nnz(o.sparse_layers(method.model))
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

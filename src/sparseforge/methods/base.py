@@ -62,6 +62,7 @@ from sparseforge.continual.scenarios import Task
 from sparseforge.errors import ConfigError
 from sparseforge.options import build_options
 from sparseforge.registry import Registry
+from sparseforge.utils.param_groups import WeightDecayGroups
 
 #: name -> method class; registering also stores the schema of configs/method/<name>.yaml.
 METHODS: Registry = Registry("method", "method", schema_group="method")
@@ -98,12 +99,20 @@ class ContinualMethod(pl.LightningModule):
         #: Seeds the method's own random choices (identical on every DDP rank); configs: ${seed}.
         seed: int = 0
 
-    def __init__(self, model: nn.Module, optimizer: partial, lr_scheduler: partial | None = None, **options: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: partial,
+        lr_scheduler: partial | None = None,
+        optimizer_groups: WeightDecayGroups | None = None,
+        **options: Any,
+    ):
         super().__init__()
         self.options = build_options(self.Options, options, "method")
         self.model = model
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.optimizer_groups = optimizer_groups  # which parameters get weight decay (None: all)
         self.current_task = 0
         self.train_accuracy = None  # created on first use, when the number of classes is known
         self.sparsifier = None  # the run's Sparsifier, handed over by the glue (attach_sparsifier)
@@ -219,7 +228,10 @@ class ContinualMethod(pl.LightningModule):
         return self.trainer.datamodule.tasks
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_groups is not None:
+            params = self.optimizer_groups.param_groups(self)
+        else:
+            params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params=params)
         if self.lr_scheduler_factory is None:
             return optimizer

@@ -87,6 +87,11 @@ class SparCLOptions:
     restrict_current_ce: bool = True
     #: The release replays only from the second task on; DER++/ER (Mammoth) replay in task 0 too.
     replay_first_task: bool = False
+    #: Keep every BatchNorm bias at 0 for the whole run, as the release does: its mask generator
+    #: (prune_utils/retrain.py: SparseTraining.generate_mask) masks every parameter with >= 10%
+    #: zeros, and BN biases start at exactly 0, so its published numbers come from a network with
+    #: no BN shift. Off (the paper): BN biases train.
+    freeze_bn_bias: bool = False
     ddr: DDROptions = field(default_factory=DDROptions)
     dgm: DGMOptions = field(default_factory=DGMOptions)
 
@@ -105,6 +110,8 @@ class SparCLMixin:
         super().__init__(*args, **kwargs)
         o = self.options
         self.current_ce_classes = "task" if o.restrict_current_ce else "all"
+        if o.freeze_bn_bias:
+            freeze_bn_biases_at_zero(self.model)
         self.data_removal = (
             DataRemoval(o.ddr.removal_epochs, o.ddr.remove_fraction, seed=o.seed) if o.ddr.enabled else None
         )
@@ -339,14 +346,26 @@ class SparCLConfigOptions(SparCLDERPP.Options):
     base: SparCLBase = SparCLBase.derpp
 
 
-def SparCL(model, optimizer, lr_scheduler=None, **options):
+@torch.no_grad()
+def freeze_bn_biases_at_zero(model: torch.nn.Module) -> list[str]:
+    """Zero every BatchNorm bias and take it out of training (the release's frozen BN shifts)."""
+    frozen = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.bias is not None:
+            module.bias.zero_()
+            module.bias.requires_grad_(False)
+            frozen.append(f"{name}.bias")
+    return frozen
+
+
+def SparCL(model, optimizer, lr_scheduler=None, optimizer_groups=None, **options):
     """``method=sparcl``: SparCL on DER++ (``base: derpp``) or ER (``base: er``)."""
     base = build_options(SparCLConfigOptions, options, "method").base
     options.pop("base", None)
     if base is SparCLBase.er:  # alpha and beta are DER++'s: ER has no logit or buffer-CE term
         options = {k: v for k, v in options.items() if k not in ("alpha", "beta")}
     cls = SparCLDERPP if base is SparCLBase.derpp else SparCLER
-    return cls(model, optimizer, lr_scheduler, **options)
+    return cls(model, optimizer, lr_scheduler, optimizer_groups=optimizer_groups, **options)
 
 
 SparCL.Options = SparCLConfigOptions

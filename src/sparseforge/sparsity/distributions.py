@@ -10,6 +10,21 @@ as in RigL, adding every layer tied at the highest score at once).
 Counts are exact integers: each layer's real-valued target ``d_l * N_l`` is rounded once by the
 largest-remainder method, so every layer is within one weight of its target and the total is
 ``round(density * sum(N_l))`` exactly.
+
+Random_Pruning's two "plus" distributions (VITA-Group/Random_Pruning), on the sparse layers in
+registration order (the first is the stem, the last the classifier):
+
+- ``uniform_plus`` (``CIFAR/sparselearning/core.py: Masking.init``, mode ``uniform_plus``): the
+  first layer dense. If ``density < f`` (f = ``fc_density``, default 0.2) the classifier is at
+  f and every other layer at ``(density * N - N_first - f * N_classifier) / N``, N counting all
+  sparse layers, as upstream (so the total ends slightly below the budget); otherwise every
+  other layer, the classifier included, is at ``density`` and the dense first layer comes on top.
+- ``erk_plus`` (``ImageNet/core.py: Masking.init``, mode ``ERK_plus``): the classifier at
+  ``fc_density`` (default 1.0, upstream's ``--fc_density``), charged to the budget; ERK with
+  capping over the other layers at ``(density * N - fc_density * N_classifier) / (N - N_classifier)``,
+  so the total is the budget.
+
+The counts are exact here too (upstream draws Bernoulli masks, exact only in expectation).
 """
 
 from __future__ import annotations
@@ -34,13 +49,21 @@ def raw_score(shape: Shape, distribution: str, erk_power_scale: float = 1.0) -> 
         return (n_out + n_in) / (n_out * n_in)
     if distribution == "erk":
         return (sum(shape) / math.prod(shape)) ** erk_power_scale
-    raise ConfigError("sparsity.distribution", f"unknown value {distribution!r}", "uniform, er, erk")
+    raise ConfigError("sparsity.distribution", f"unknown value {distribution!r}", "uniform, er, erk (raw scores)")
 
 
 def solve_densities(
-    shapes: Mapping[str, Shape], density: float, distribution: str = "erk", erk_power_scale: float = 1.0
+    shapes: Mapping[str, Shape],
+    density: float,
+    distribution: str = "erk",
+    erk_power_scale: float = 1.0,
+    fc_density: float | None = None,
 ) -> dict[str, float]:
     """Real-valued layer densities with RigL's iterative capping (no rounding)."""
+    if distribution == "uniform_plus":
+        return _uniform_plus(shapes, density, 0.2 if fc_density is None else fc_density)
+    if distribution == "erk_plus":
+        return _erk_plus(shapes, density, erk_power_scale, 1.0 if fc_density is None else fc_density)
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     if distribution == "uniform" or density >= 1.0:
         return {name: float(min(density, 1.0)) for name in shapes}
@@ -57,6 +80,40 @@ def solve_densities(
             break
         capped |= {n for n in free if scores[n] == top}
     return {name: 1.0 if name in capped else eps * scores[name] for name in shapes}
+
+
+def _ends(shapes: Mapping[str, Shape], distribution: str) -> tuple[str, str, dict[str, int]]:
+    if len(shapes) < 2:
+        raise ConfigError(
+            "sparsity.distribution", f"{distribution} needs a first layer and a classifier among the sparse layers"
+        )
+    names = list(shapes)
+    return names[0], names[-1], {name: math.prod(shape) for name, shape in shapes.items()}
+
+
+def _too_low(distribution: str, density: float, why: str) -> ConfigError:
+    return ConfigError("sparsity.density", f"{density} is too low for {distribution}: {why}", "a higher density")
+
+
+def _uniform_plus(shapes: Mapping[str, Shape], density: float, floor: float) -> dict[str, float]:
+    first, last, sizes = _ends(shapes, "uniform_plus")
+    if density >= floor:
+        return {name: 1.0 if name == first else min(density, 1.0) for name in shapes}
+    total = sum(sizes.values())
+    rest = (density * total - sizes[first] - floor * sizes[last]) / total
+    if rest <= 0 and len(shapes) > 2:
+        raise _too_low("uniform_plus", density, f"the dense first layer and the classifier at {floor} use it all")
+    return {name: 1.0 if name == first else floor if name == last else rest for name in shapes}
+
+
+def _erk_plus(shapes: Mapping[str, Shape], density: float, power: float, fc_density: float) -> dict[str, float]:
+    _, last, sizes = _ends(shapes, "erk_plus")
+    total = sum(sizes.values())
+    rest = (density * total - fc_density * sizes[last]) / (total - sizes[last])
+    if rest <= 0:
+        raise _too_low("erk_plus", density, f"the classifier at fc_density={fc_density} uses it all")
+    others = {name: shape for name, shape in shapes.items() if name != last}
+    return {**solve_densities(others, rest, "erk", power), last: fc_density}
 
 
 def apportion(sizes: Mapping[str, int], densities: Mapping[str, float], total: int | None = None) -> dict[str, int]:
@@ -80,13 +137,23 @@ def apportion(sizes: Mapping[str, int], densities: Mapping[str, float], total: i
     return counts
 
 
-def _counts(shapes: Mapping[str, Shape], density: float, distribution: str, erk_power_scale: float) -> dict[str, int]:
+def _counts(
+    shapes: Mapping[str, Shape], density: float, distribution: str, erk_power_scale: float, fc_density: float | None
+) -> dict[str, int]:
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    total = math.floor(min(density, 1.0) * sum(sizes.values()) + 0.5)
-    return apportion(sizes, solve_densities(shapes, density, distribution, erk_power_scale), total)
+    densities = solve_densities(shapes, density, distribution, erk_power_scale, fc_density)
+    budget = min(density, 1.0) * sum(sizes.values())
+    # The targets add up to the budget except where a distribution leaves it (uniform_plus, or an
+    # erk_plus whose fixed classifier leaves more than its other layers can hold): then the rounded
+    # sum of the targets is the total.
+    planned = sum(min(densities[n], 1.0) * sizes[n] for n in sizes)
+    total = math.floor(budget + 0.5) if abs(planned - budget) < 0.5 else None
+    return apportion(sizes, densities, total)
 
 
-def smallest_workable_density(shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0) -> float:
+def smallest_workable_density(
+    shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0, fc_density: float | None = None
+) -> float:
     """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight.
 
     Defined on the real-valued targets (every layer's ``d_l * N_l >= 1``), not on the rounded
@@ -98,7 +165,10 @@ def smallest_workable_density(shapes: Mapping[str, Shape], distribution: str, er
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
 
     def works(d: float) -> bool:
-        real = solve_densities(shapes, d, distribution, erk_power_scale)
+        try:
+            real = solve_densities(shapes, d, distribution, erk_power_scale, fc_density)
+        except ConfigError:  # a plus distribution's fixed layers take more than the budget
+            return False
         return all(min(real[n], 1.0) * sizes[n] >= 1 for n in shapes)
 
     lo, hi = 0.0, 1.0
@@ -118,13 +188,14 @@ def layer_nnz(
     distribution: str = "erk",
     erk_power_scale: float = 1.0,
     config_prefix: str = "sparsity",
+    fc_density: float | None = None,
 ) -> dict[str, int]:
     """Exact non-zero count per layer. A layer that would keep no weight is a ConfigError."""
-    counts = _counts(shapes, density, distribution, erk_power_scale)
+    counts = _counts(shapes, density, distribution, erk_power_scale, fc_density)
     empty = [name for name, n in counts.items() if n < 1]
     if empty:
         name = empty[0]
-        smallest = smallest_workable_density(shapes, distribution, erk_power_scale)
+        smallest = smallest_workable_density(shapes, distribution, erk_power_scale, fc_density)
         raise ConfigError(
             f"{config_prefix}.density",
             f"{density} leaves layer {name!r} ({math.prod(shapes[name])} weights) with no weight under {distribution}",
@@ -147,14 +218,18 @@ def layer_densities(
     dense_first_layer: bool = False,
     dense_last_layer: bool = False,
     all_layers: bool = False,
+    fc_density: float | None = None,
+    dense_first_conv: bool = False,
 ) -> dict[str, float]:
     """The exact density (non-zeros / weights) each layer of ``model`` would get, without building masks.
 
     ``all_layers=True`` also lists the conv/linear layers kept dense by option, at 1.0.
     """
-    layers = select_layers(model, include, exclude, dense_first_layer, dense_last_layer)
+    layers = select_layers(
+        model, include, exclude, dense_first_layer, dense_last_layer, dense_first_conv=dense_first_conv
+    )
     shapes = weight_shapes(layers)
-    counts = layer_nnz(shapes, density, distribution, erk_power_scale)
+    counts = layer_nnz(shapes, density, distribution, erk_power_scale, fc_density=fc_density)
     sparse = {name: counts[name] / math.prod(shapes[name]) for name in shapes}
     if not all_layers:
         return sparse

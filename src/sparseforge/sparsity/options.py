@@ -16,14 +16,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from torch import nn
+
 from sparseforge.errors import ConfigError
 from sparseforge.options import as_plain, build_options, unknown_key_error
 from sparseforge.sparsity.backends.execution import BACKENDS
+from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.rules import RULES, UpdateRule
+from sparseforge.sparsity.targets import select_layers
 
 log = logging.getLogger("sparseforge")
-DISTRIBUTIONS = ("uniform", "er", "erk")
+DISTRIBUTIONS = ("uniform", "er", "erk", "uniform_plus", "erk_plus")
 PLACEMENTS = ("random", "magnitude")
+PLUS_DISTRIBUTIONS = ("uniform_plus", "erk_plus")
 DROP_SCHEDULES = ("constant", "cosine", "linear")
 SCHEDULE_SCOPES = ("run", "task")
 
@@ -35,10 +40,18 @@ class SparsityOptions:
     update_rule: str = "rigl"
     #: Fraction of the sparse layers' weights that are non-zero (layers kept dense are outside it).
     density: float = 0.1
+    #: uniform | er | erk | uniform_plus | erk_plus (Random_Pruning's: first layer dense and the
+    #: classifier at 0.2 / classifier at ``fc_density``, the rest uniform / ERK; see distributions.py)
     distribution: str = "erk"
     #: ERK scores are raised to this power (0 = uniform, 1 = ERK); ignored by uniform and er.
     erk_power_scale: float = 1.0
+    #: The classifier's (last sparse layer's) density under uniform_plus (null: 0.2, used when
+    #: density < 0.2) and erk_plus (null: 1.0, Random_Pruning's --fc_density default).
+    fc_density: float | None = None
     dense_first_layer: bool = False
+    #: Keep the first layer dense (outside the budget) only when it is a convolution: RigL's code
+    #: keeps its ResNets' / WRNs' / MobileNets' first conv dense but masks its MNIST MLP's first layer.
+    dense_first_conv: bool = False
     dense_last_layer: bool = False
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
@@ -143,12 +156,46 @@ class SparsityOptions:
             raise bad("delta_t", f"must be an integer >= 1, got {self.delta_t!r}", "delta_t >= 1 optimizer steps")
         if not _is_number(self.erk_power_scale) or self.erk_power_scale < 0:
             raise bad("erk_power_scale", f"must be >= 0, got {self.erk_power_scale!r}", "0 (uniform) .. 1 (ERK)")
+        fc = self.fc_density
+        if fc is not None and (not _is_number(fc) or not 0.0 < fc <= 1.0):
+            raise bad("fc_density", f"must be in (0, 1] or null, got {fc!r}", "0 < fc_density <= 1")
+        if fc is not None and self.distribution not in PLUS_DISTRIBUTIONS:
+            raise bad("fc_density", f"is used by uniform_plus and erk_plus, not {self.distribution}", "null")
+        if self.distribution in PLUS_DISTRIBUTIONS and self.dense_last_layer:
+            raise bad("dense_last_layer", f"{self.distribution} sets the classifier's density itself", "false")
+        if self.distribution == "uniform_plus":
+            for key in ("dense_first_layer", "dense_first_conv"):
+                if getattr(self, key):
+                    raise bad(key, "uniform_plus keeps the first layer dense itself (inside the budget)", "false")
         if self.is_dense and self.density != 1.0:
             raise bad("density", f"update_rule=dense trains every weight, but density={self.density}", "density: 1.0")
         for key in ("include", "exclude"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):
                 raise bad(key, f"must be a list of module-name patterns, got {value!r}", "e.g. ['layer*.*.conv?']")
+
+    def sparse_layers(self, model: nn.Module, config_prefix: str = "sparsity") -> dict[str, nn.Module]:
+        """The layers of ``model`` these options make sparse (``targets.select_layers``)."""
+        return select_layers(
+            model,
+            self.include,
+            self.exclude,
+            self.dense_first_layer,
+            self.dense_last_layer,
+            config_prefix,
+            dense_first_conv=self.dense_first_conv,
+        )
+
+    def layer_nnz(self, layers: Mapping[str, nn.Module], config_prefix: str = "sparsity") -> dict[str, int]:
+        """Exact non-zeros per layer at ``density`` under ``distribution`` (``distributions.layer_nnz``)."""
+        return layer_nnz(
+            weight_shapes(layers),
+            self.density,
+            self.distribution,
+            self.erk_power_scale,
+            config_prefix,
+            fc_density=self.fc_density,
+        )
 
     @classmethod
     def field_names(cls) -> list[str]:

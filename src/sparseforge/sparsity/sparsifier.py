@@ -29,14 +29,12 @@ from torch import nn
 
 from sparseforge.sparsity.backends import SparseExecution
 from sparseforge.sparsity.distributed import broadcast_masks
-from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
 from sparseforge.sparsity.flops import FlopsAccountant
 from sparseforge.sparsity.masks import MaskInvariantError, MaskSet
 from sparseforge.sparsity.options import SparsityOptions, rule_class
 from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules import UpdateRule
 from sparseforge.sparsity.schedule import DropSchedule
-from sparseforge.sparsity.targets import select_layers
 from sparseforge.utils import distributed
 
 
@@ -81,10 +79,8 @@ class Sparsifier:
         self.rule: UpdateRule | None = None
         self.execution: SparseExecution | None = None  # a sparse execution backend (options.backend)
         if not options.is_dense:
-            layers = select_layers(
-                model, options.include, options.exclude, options.dense_first_layer, options.dense_last_layer
-            )
-            nnz = layer_nnz(weight_shapes(layers), options.density, options.distribution, options.erk_power_scale)
+            layers = options.sparse_layers(model)
+            nnz = options.layer_nnz(layers)
             masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz)
             self.rule = rule_class(options.update_rule)(options.rule)

@@ -38,12 +38,14 @@ def select_layers(
     dense_first_layer: bool = False,
     dense_last_layer: bool = False,
     config_prefix: str = "sparsity",
+    dense_first_conv: bool = False,
 ) -> dict[str, nn.Module]:
     """The layers whose weights get masks.
 
     ``include``/``exclude`` are shell-style patterns on module names (``layer*.*.conv?``,
     ``blocks.*.mlp.fc*``). An include pattern that matches no conv/linear module is an error
     (it is almost always a typo), and so is a selection that leaves nothing sparse.
+    ``dense_first_conv`` keeps the first layer dense only when it is a convolution.
     """
     candidates = prunable_layers(model)
     names = list(candidates)
@@ -62,7 +64,8 @@ def select_layers(
         chosen = [n for n in chosen if _matches(n, include)]
     if exclude:
         chosen = [n for n in chosen if not _matches(n, exclude)]
-    if dense_first_layer and names[0] in chosen:
+    first_is_conv = isinstance(candidates[names[0]], (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    if (dense_first_layer or (dense_first_conv and first_is_conv)) and names[0] in chosen:
         chosen.remove(names[0])
     if dense_last_layer and names[-1] in chosen:
         chosen.remove(names[-1])

@@ -42,6 +42,16 @@ class ReplayLayer(str, Enum):
     input = "input"  # raw-image replay
 
 
+class ReinitFanOut(str, Enum):
+    idle = "idle"  # Kaiming's fan-out of the idle rows alone, as the authors' code
+    layer = "layer"  # the whole layer's fan-out (a fresh initialisation's scale)
+
+
+class SampleOrder(str, Enum):
+    shuffled = "shuffled"  # a seeded random order per episode, as the authors' seed-shuffled streams
+    file = "file"  # dataset order: the same samples for every seed
+
+
 @dataclass
 class LearnerOptions:
     """SHARP's algorithm settings; the defaults are the authors' Split-MNIST values."""
@@ -68,10 +78,18 @@ class LearnerOptions:
     temperature: float = 0.1
     #: Re-initialise idle units' incoming weights after each episode.
     reinit_idle: bool = True
+    #: Kaiming fan-out of that re-initialisation: idle (n_idle x k^2, the authors'
+    #: re_initialize_u0, larger weights when few units are idle) or layer (out x k^2).
+    reinit_fan_out: ReinitFanOut = ReinitFanOut.idle
     #: When too few absent links into idle units exist to regrow what was dropped, regrow the rest
-    #: into training (rank-1) units from non-idle inputs, so the density stays exact (false: the
-    #: authors' behaviour: the layer's density drops and a warning is printed).
-    regrow_into_training: bool = True
+    #: into training (rank-1) units from non-idle inputs, so the density stays exact (true). False
+    #: is the authors' behaviour: the layer's density drops and a warning is printed.
+    regrow_into_training: bool = False
+    #: The order of an episode's training samples from which unit scoring takes its first
+    #: ``selection_samples`` and the STM/LTM their first samples per class. shuffled: seeded by
+    #: (seed, episode), so the subsets change with the seed, as in the authors' code (its streams
+    #: are shuffled with the seed); file: dataset order, the same subsets for every seed.
+    sample_order: SampleOrder = SampleOrder.shuffled
     replay_layer: ReplayLayer = ReplayLayer.conv_early
     #: L2 term in the loss on masked weights and biases (weight_decay in the authors' scripts).
     l2: float = 0.0
@@ -136,6 +154,14 @@ class SharpLearner:
 
     def generator(self, *keys: int) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, *keys)) % (2**63))
+
+    def episode_samples(self, episode: int, index: torch.Tensor) -> torch.Tensor:
+        """The episode's training positions ``index`` in the order subsets are taken from (see
+        ``sample_order``); the same for any order of ``index``, on every rank and after a resume."""
+        index = torch.sort(index.cpu()).values
+        if self.options.sample_order is SampleOrder.file:
+            return index
+        return index[torch.randperm(len(index), generator=self.generator(episode, 20_000))]
 
     # -- connectivity ---------------------------------------------------------------------------------
     def _initial_masks(self, dense_first_conv: bool) -> MaskSet:
@@ -302,8 +328,9 @@ class SharpLearner:
     ) -> None:
         """promote -> freeze masks -> STM insert -> re-init idle -> LTM update -> evict.
 
-        ``inputs_per_class``: the first training samples of each class of the episode, in
-        dataset order, preprocessed; ``raw_per_class`` the same as uint8 (raw-input replay).
+        ``inputs_per_class``: the first training samples of each class of the episode (in the
+        order of :meth:`episode_samples`), preprocessed; ``raw_per_class`` the same as uint8
+        (raw-input replay).
         """
         was_training = self.model.training
         self.model.eval()
@@ -322,7 +349,7 @@ class SharpLearner:
         if self.reinit_idle:
             g = self.generator(episode, 10_000)
             for layer in self.layers:
-                units.reinit_idle_units(layer, self.ranks[layer.name], g)
+                units.reinit_idle_units(layer, self.ranks[layer.name], g, self.options.reinit_fan_out.value)
             self.masks.apply_()
         self._update_ltm(episode, inputs_per_class)
         self.last_transient_bytes = self.stm.nbytes
@@ -334,15 +361,21 @@ class SharpLearner:
         return self.ranks[self.layers[-1].name] >= min_rank
 
     def _update_ltm(self, episode: int, inputs_per_class: Mapping[int, torch.Tensor]) -> None:
+        """Current classes from their first samples; replayed classes from ``ltm_per_class``
+        samples drawn at random from the STM (with replacement only when it holds fewer), as the
+        authors' ``create_ltm_representations`` / ``get_n_from_classes``."""
         for label, x in inputs_per_class.items():
             z = self.model.represent(x[: self.ltm_per_class])
             self.ltm.update(label, z, self._representation_mask(2))
         device = self.model.unit_mask.device
+        g = self.generator(episode, 30_000)
         for age in range(self.stm_num_tasks):
             for label in self.stm.classes_of(episode - 1 - age):
                 if label in inputs_per_class:
                     continue  # a recurring class: its fresh entry from this episode wins
-                z = self.replay_representation(self.to_replay_input(label, device)[: self.ltm_per_class])
+                stored = self.to_replay_input(label, device)
+                pick = draw(len(stored), self.ltm_per_class, g).to(device)
+                z = self.replay_representation(stored[pick])
                 self.ltm.update(label, z, self._representation_mask(3 + age))
 
     # -- prediction -----------------------------------------------------------------------------------
@@ -410,7 +443,13 @@ class SharpLearner:
 def first_per_class(
     labels: torch.Tensor, index: torch.Tensor, classes: Sequence[int], n: int
 ) -> dict[int, torch.Tensor]:
-    """The first ``n`` positions of ``index`` (kept in dataset order) whose label is each class."""
-    index = torch.sort(index).values
+    """The first ``n`` positions of ``index`` (in the order given) whose label is each class."""
     lab = labels[index]
     return {int(c): index[lab == c][:n] for c in classes}
+
+
+def draw(size: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` random positions out of ``size``: without replacement, or with it when ``size < n``."""
+    if size >= n:
+        return torch.randperm(size, generator=generator)[:n]
+    return torch.randint(size, (n,), generator=generator)

@@ -140,7 +140,7 @@ class Sharp(ContinualMethod):
         if not starts or (done["episode"], done["phase"]) == (task_id, phase):
             return
         dm = self.trainer.datamodule
-        index = torch.sort(dm.tasks[task_id].train_index).values[: self.learner.selection_samples]
+        index = self.learner.episode_samples(task_id, dm.tasks[task_id].train_index)[: self.learner.selection_samples]
         inputs = dm.preprocess_eval(dm.train_data.raw(index).to(self.device))
         entry = self.learner.start_phase(task_id, phase, inputs)
         self._sync_ranks()
@@ -177,7 +177,8 @@ class Sharp(ContinualMethod):
     def end_task(self, task: Task) -> None:
         dm = self.trainer.datamodule
         n = max(self.learner.stm.per_class, self.learner.ltm_per_class)
-        positions = first_per_class(dm.train_data.y, task.train_index, task.classes, n)
+        order = self.learner.episode_samples(task.id, task.train_index)
+        positions = first_per_class(dm.train_data.y, order, task.classes, n)
         raw = {c: dm.train_data.raw(i).to(self.device) for c, i in positions.items() if len(i)}
         inputs = {c: dm.preprocess_eval(r) for c, r in raw.items()}
         self.learner.end_episode(task.id, inputs, raw)

@@ -88,15 +88,30 @@ def frozen_units(layer: WeightLayer, ranks: torch.Tensor, stm_num_tasks: int, ac
 
 
 @torch.no_grad()
-def reinit_idle_units(layer: WeightLayer, ranks: torch.Tensor, generator: torch.Generator) -> None:
-    """Kaiming-normal (fan_out, ReLU gain) incoming weights and zero bias for idle units."""
+def reinit_idle_units(
+    layer: WeightLayer, ranks: torch.Tensor, generator: torch.Generator, fan_out: str = "idle"
+) -> None:
+    """Kaiming-normal (fan_out, ReLU gain) incoming weights and zero bias for idle units.
+
+    ``fan_out="idle"``, as the authors' ``Network.re_initialize_u0``: Kaiming's fan-out is taken
+    from the slice of idle rows, ``n_idle x k x k`` (``n_idle`` for a linear layer), so std =
+    sqrt(2 / (n_idle x k^2)); with few idle units the fresh weights are much larger than the
+    layer's initial ones (sqrt(out / n_idle) times). ``fan_out="layer"``: the whole layer's
+    ``out x k x k``, the scale of a fresh Kaiming initialisation of the layer.
+    """
     weight, bias = layer.module.weight, layer.module.bias
     idle = (ranks == 0).to(weight.device)
-    if not bool(idle.any()):
+    n_idle = int(idle.sum())
+    if n_idle == 0:
         return
-    fan_out = weight.shape[0] * (weight[0, 0].numel() if weight.dim() > 2 else 1)
-    std = math.sqrt(2.0) / math.sqrt(fan_out)
-    fresh = torch.empty(weight.shape, dtype=weight.dtype).normal_(0.0, std, generator=generator)
-    weight[idle] = fresh.to(weight.device)[idle]
+    std = idle_reinit_std(n_idle if fan_out == "idle" else weight.shape[0], weight.shape)
+    fresh = torch.empty((n_idle, *weight.shape[1:]), dtype=weight.dtype).normal_(0.0, std, generator=generator)
+    weight[idle] = fresh.to(weight.device)
     if bias is not None:
         bias[idle] = 0.0
+
+
+def idle_reinit_std(n_idle: int, shape: Sequence[int]) -> float:
+    """The std of Kaiming-normal (ReLU gain, fan_out) on a slice of ``n_idle`` rows of a weight."""
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return math.sqrt(2.0) / math.sqrt(n_idle * receptive)

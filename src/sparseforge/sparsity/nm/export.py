@@ -38,9 +38,12 @@ def hard_masks(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str
     """({layer: binary mask}, {layer: "N:M"}) of every N:M layer, at its current hard phase."""
     masks, patterns = {}, {}
     for name, layer in nm_layers(model).items():
-        phase = nm_parametrization(layer).phase(hard=True)
+        nm = nm_parametrization(layer)
+        phase = nm.phase(hard=True)
         dense = layer.parametrizations.weight.original
-        masks[name] = torch.ones_like(dense, dtype=torch.bool) if phase.dense else nm_mask(dense, phase.n, phase.m)
+        masks[name] = (
+            torch.ones_like(dense, dtype=torch.bool) if phase.dense else nm_mask(dense, phase.n, phase.m, nm.group_dim)
+        )
         patterns[name] = phase.pattern
     return masks, patterns
 

@@ -9,6 +9,12 @@ input dimension (dim 1 of the weight) is made innermost and cut into runs of M.
   input channels at a fixed (k, r, s). This is ASP's / NHWC layout, not runs over the kernel's
   spatial positions (which no sparse kernel can use).
 
+Column-wise grouping (``dim=0``; PGF's ``sparse_dim: COL``, used by its Swin-V2 recipe): the
+output dimension is made innermost instead, so a Linear weight has runs of M consecutive
+``out`` entries of one input column, and a conv runs of M output channels at a fixed (c, r, s).
+Such a mask is not 2:4 along the reduction dimension, so it cannot become a semi-structured
+tensor.
+
 Ties are broken by position: a stable sort keeps the lower index first, so the mask is a pure
 function of the weight values and every DDP rank computes the same one.
 """
@@ -18,35 +24,34 @@ from __future__ import annotations
 import torch
 
 
-def input_innermost(weight: torch.Tensor) -> torch.Tensor:
-    """The weight with its input dimension (dim 1) moved last: (out, ..., in)."""
-    return weight.movedim(1, -1)
-
-
-def from_input_innermost(tensor: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`input_innermost`."""
-    return tensor.movedim(-1, 1)
-
-
 def input_dim(weight: torch.Tensor) -> int:
     """Length of the dimension the groups run along (in_features, or input channels per group)."""
     return weight.shape[1]
 
 
+#: The dimension the groups run along: row = dim 1 (input; PGF's ROW, the default), col = dim 0.
+GROUP_DIMS = {"row": 1, "col": 0}
+
+
 @torch.no_grad()
-def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Boolean mask, same shape as ``weight``, with exactly ``n`` True in every group of ``m``.
+def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1) -> torch.Tensor:
+    """Boolean mask, same shape as ``weight``, with exactly ``n`` True in every group of ``m``
+    consecutive entries along ``dim`` (1: input, the default; 0: output, column-wise).
 
     Computed from ``weight`` as given (pass the fp32 master weight, not an autocast copy: the
     ranking of magnitudes can change when values are rounded).
     """
     if not 0 < n <= m:
         raise ValueError(f"N:M needs 0 < N <= M, got {n}:{m}")
-    w = input_innermost(weight.detach())
+    w = weight.detach().movedim(dim, -1)
     if w.shape[-1] % m:
-        raise ValueError(f"input dimension {w.shape[-1]} is not divisible by M={m}")
+        raise ValueError(f"{_dim_name(dim)} dimension {w.shape[-1]} is not divisible by M={m}")
     keep = _keep_largest(w.abs().reshape(-1, m), n)
-    return from_input_innermost(keep.reshape(w.shape))
+    return keep.reshape(w.shape).movedim(-1, dim)
+
+
+def _dim_name(dim: int) -> str:
+    return "input" if dim == 1 else "output" if dim == 0 else f"dim-{dim}"
 
 
 def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
@@ -103,17 +108,17 @@ def _keep_largest_by_max(groups: torch.Tensor, n: int) -> torch.Tensor | None:
     return keep
 
 
-def group_counts(tensor: torch.Tensor, m: int) -> torch.Tensor:
-    """Number of nonzero entries in every group of ``m`` (the N:M grouping), as a 1-D tensor."""
-    w = input_innermost(tensor)
+def group_counts(tensor: torch.Tensor, m: int, dim: int = 1) -> torch.Tensor:
+    """Number of nonzero entries in every group of ``m`` along ``dim`` (the N:M grouping), 1-D."""
+    w = tensor.movedim(dim, -1)
     if w.shape[-1] % m:
-        raise ValueError(f"input dimension {w.shape[-1]} is not divisible by M={m}")
+        raise ValueError(f"{_dim_name(dim)} dimension {w.shape[-1]} is not divisible by M={m}")
     return (w.reshape(-1, m) != 0).sum(dim=1)
 
 
-def satisfies_nm(tensor: torch.Tensor, n: int, m: int) -> bool:
-    """Whether every group of ``m`` holds at most ``n`` nonzeros."""
-    return bool((group_counts(tensor, m) <= n).all())
+def satisfies_nm(tensor: torch.Tensor, n: int, m: int, dim: int = 1) -> bool:
+    """Whether every group of ``m`` along ``dim`` holds at most ``n`` nonzeros."""
+    return bool((group_counts(tensor, m, dim) <= n).all())
 
 
 def is_2to4_pattern(n: int, m: int) -> bool:

@@ -10,12 +10,15 @@ Timeline, for every mode: ``[0, d)`` dense warm-up (``d = floor(dense_fraction *
 - ``ste``: binary target N:M mask, straight-through gradient.
 - ``srste``: binary target N:M mask, gradient + lambda_w * (1 - mask) * w (SR-STE).
 - ``mdgf`` (mask decay): pruned weights are scaled by alpha, which decays from 1 at ``d`` to
-  exactly 0 at ``e = floor(mdgf.end_fraction * total)`` (linear, exponential or stepwise);
-  binary from ``e`` on (the paper's fine-tune phase).
+  exactly 0 at ``e = floor(mdgf.end_fraction * total)`` (linear, exponential, or ``staircase``:
+  ``levels`` equal steps down, ours, with no counterpart upstream); binary from ``e`` on (the
+  paper's fine-tune phase). Upstream's ``--decay-type STEP`` (``StepDecay``) is not a decay: it
+  is the binary mask with a straight-through gradient, i.e. ``mode=ste``.
 - ``sdgf`` (structure decay): binary masks whose N:M pattern changes in S equal stages over
   ``[d, total - f)`` (``f = floor(sdgf.finetune_fraction * total)``), stage s starting at
   ``d + floor(s * (total - f - d) / S)``; the last stage (the target N:M) runs on through the
   fine-tune. ``stepwise``: (M-1):M, M/2:M, M/4:M, ... N:M. ``geometric``: 8N:8M, 4N:4M, 2N:2M, N:M.
+  ``densify``: N:8M, N:4M, N:2M, N:M (sparsest first, then denser: PGF's ``densify``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import math
 from dataclasses import dataclass
 
 MODES = ("ste", "srste", "mdgf", "sdgf")
-DECAYS = ("linear", "exponential", "step")
-STRUCTURES = ("stepwise", "geometric")
+DECAYS = ("linear", "exponential", "staircase")
+STRUCTURES = ("stepwise", "geometric", "densify")
 BACKWARDS = ("ste", "autograd")
 
 
@@ -80,6 +83,12 @@ def geometric_stages(n: int, m: int) -> list[tuple[int, int]]:
     return [(n * k, m * k) for k in (8, 4, 2, 1)]
 
 
+def densify_stages(n: int, m: int) -> list[tuple[int, int]]:
+    """SdGf-Densify (PGF ``get_decay_config``, type ``densify``): N:8M, N:4M, N:2M, N:M, i.e. the
+    density rises from N/8M to the target N/M over four equal frames."""
+    return [(n, m * k) for k in (8, 4, 2, 1)]
+
+
 def decayed_alpha(decay: str, u: float, rate: float, levels: int) -> float:
     """Mask-decay factor at position ``u`` in [0, 1] of the decay window: 1 at u <= 0, 0 at u >= 1."""
     if u <= 0.0:
@@ -90,7 +99,7 @@ def decayed_alpha(decay: str, u: float, rate: float, levels: int) -> float:
         return 1.0 - u
     if decay == "exponential":
         return math.exp(-rate * u)
-    if decay == "step":
+    if decay == "staircase":
         return 1.0 - math.floor(u * levels) / levels
     raise ValueError(f"unknown decay {decay!r}")
 
@@ -114,7 +123,7 @@ class NMSchedule:
     decay_end_fraction: float = 1.0
     decay_rate: float = 10.0  # exponential: alpha = exp(-rate * u) over the window u in [0, 1)
     decay_coef_per_step: float | None = None  # the paper's kappa per clock unit, instead of rate
-    decay_levels: int = 4  # step: alpha = 1 - floor(u * levels) / levels
+    decay_levels: int = 4  # staircase: alpha = 1 - floor(u * levels) / levels
     decay_backward: str = "ste"  # ste (official code): dL/dW = dL/dW~; autograd: scaled by the mask
     # SdGf
     structure: str = "stepwise"
@@ -143,8 +152,10 @@ class NMSchedule:
             raise bad("mdgf.rate", f"must be > 0, got {self.decay_rate}")
         if self.decay_coef_per_step is not None and self.decay_coef_per_step <= 0:
             raise bad("mdgf.coef_per_step", f"must be > 0 or null, got {self.decay_coef_per_step}")
-        if self.decay_coef_per_step is not None and self.decay == "step":
-            raise bad("mdgf.coef_per_step", "applies to linear and exponential decay only; use mdgf.levels for step")
+        if self.decay_coef_per_step is not None and self.decay == "staircase":
+            raise bad(
+                "mdgf.coef_per_step", "applies to linear and exponential decay only; use mdgf.levels for staircase"
+            )
         if self.decay_levels < 1:
             raise bad("mdgf.levels", f"must be >= 1, got {self.decay_levels}")
         if self.decay_backward not in BACKWARDS:
@@ -165,11 +176,13 @@ class NMSchedule:
             return [(self.n, self.m)]
         if self.structure == "geometric":
             return geometric_stages(self.n, self.m)
+        if self.structure == "densify":
+            return densify_stages(self.n, self.m)
         return stepwise_stages(self.n, self.m)
 
     @property
     def largest_group(self) -> int:
-        """The input dimension of every sparse layer must be divisible by this (8M for geometric SdGf)."""
+        """The grouped dimension of every sparse layer must be divisible by this (8M for geometric/densify SdGf)."""
         return max(m for _, m in self.stages)
 
     @property

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseforge.errors import ConfigError
-from sparseforge.sparsity.nm.mask import group_counts, input_dim, nm_mask
+from sparseforge.sparsity.nm.mask import GROUP_DIMS, group_counts, nm_mask
 from sparseforge.sparsity.nm.schedule import NMSchedule, Phase
 from sparseforge.sparsity.nm.weight import NMWeight
 from sparseforge.sparsity.targets import select_layers
@@ -56,10 +56,13 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 class NMSparsifier:
     """The N:M state of one model: which layers are sparse, and the shared schedule position.
 
-    ``indivisible``: what to do with a selected layer whose input dimension is not divisible by
-    the largest group of the schedule (M, or 8M for geometric SdGf). ``error`` (default) raises
-    a ConfigError naming the layer; ``dense`` leaves it dense, with a warning, and lists it in
-    ``dense_by_shape`` (and in summary.json).
+    ``indivisible``: what to do with a selected layer whose grouped dimension is not divisible
+    by the largest group of the schedule (M, or 8M for geometric/densify SdGf). ``error``
+    (default) raises a ConfigError naming the layer; ``dense`` leaves it dense, with a warning,
+    and lists it in ``dense_by_shape`` (and in summary.json).
+
+    ``sparse_dim``: ``row`` (default) groups M consecutive weights along the input dimension,
+    ``col`` along the output dimension (PGF's ``sparse_dim: COL``; see ``mask.py``).
     """
 
     def __init__(
@@ -72,11 +75,15 @@ class NMSparsifier:
         dense_last_layer: bool = False,
         indivisible: str = "error",
         config_prefix: str = "sparsity",
+        sparse_dim: str = "row",
     ):
         if indivisible not in INDIVISIBLE:
             raise ConfigError(f"{config_prefix}.indivisible", f"unknown value {indivisible!r}", ", ".join(INDIVISIBLE))
+        if sparse_dim not in GROUP_DIMS:
+            raise ConfigError(f"{config_prefix}.sparse_dim", f"unknown value {sparse_dim!r}", ", ".join(GROUP_DIMS))
         self.model = model
         self.schedule = schedule
+        self.sparse_dim, self.group_dim = sparse_dim, GROUP_DIMS[sparse_dim]
         if nm_layers(model):
             raise RuntimeError("this model already carries N:M parametrizations; build one NMSparsifier per model")
         chosen = select_layers(model, include, exclude, dense_first_layer, dense_last_layer, config_prefix)
@@ -84,20 +91,17 @@ class NMSparsifier:
         self.layers: dict[str, nn.Module] = {}
         self.dense_by_shape: list[str] = []
         for name, layer in chosen.items():
-            width = input_dim(layer.weight)
+            width = layer.weight.shape[self.group_dim]
+            side = "input" if self.group_dim == 1 else "output"
             if width % group:
-                why = (
-                    f"M={schedule.m}"
-                    if group == schedule.m
-                    else f"8M={group} (geometric SdGf stage {8 * schedule.n}:{group})"
-                )
+                why = f"M={schedule.m}" if group == schedule.m else f"8M={group} (the first SdGf stage's group)"
                 if indivisible == "error":
                     raise ConfigError(
                         f"{config_prefix}.include",
-                        f"layer {name} has input dimension {width}, not divisible by {why}",
+                        f"layer {name} has {side} dimension {width}, not divisible by {why}",
                         f"exclude it (sparsity.exclude=[{name}]), pick another M, or {config_prefix}.indivisible=dense",
                     )
-                log.warning("N:M: layer %s (input dimension %d, not divisible by %s) stays DENSE", name, width, why)
+                log.warning("N:M: layer %s (%s dimension %d, not divisible by %s) stays DENSE", name, side, width, why)
                 self.dense_by_shape.append(name)
                 continue
             self.layers[name] = layer
@@ -105,7 +109,7 @@ class NMSparsifier:
             raise ConfigError(f"{config_prefix}.include", "no selected layer has an input dimension divisible by M")
         for layer in self.layers.values():
             # unsafe: skip the trial forward (the position is not set yet); shape and dtype never change
-            parametrize.register_parametrization(layer, "weight", NMWeight(schedule), unsafe=True)
+            parametrize.register_parametrization(layer, "weight", NMWeight(schedule, self.group_dim), unsafe=True)
 
     # -- schedule -------------------------------------------------------------------------------
     def parametrizations(self) -> dict[str, NMWeight]:
@@ -139,7 +143,9 @@ class NMSparsifier:
         out = {}
         for name, layer in self.layers.items():
             w = dense_weight(layer)
-            out[name] = torch.ones_like(w, dtype=torch.bool) if phase.dense else nm_mask(w, phase.n, phase.m)
+            out[name] = (
+                torch.ones_like(w, dtype=torch.bool) if phase.dense else nm_mask(w, phase.n, phase.m, self.group_dim)
+            )
         return out
 
     @torch.no_grad()
@@ -153,11 +159,11 @@ class NMSparsifier:
         if phase.dense:
             return phase
         for name, mask in masks.items():
-            counts = group_counts(mask, phase.m)
+            counts = group_counts(mask, phase.m, self.group_dim)
             if not bool((counts == phase.n).all()):
                 raise RuntimeError(f"N:M mask of {name} does not keep exactly {phase.n} of every {phase.m}")
             effective = dense_weight(self.layers[name]) * mask
-            if not bool((group_counts(effective, phase.m) <= phase.n).all()):
+            if not bool((group_counts(effective, phase.m, self.group_dim) <= phase.n).all()):
                 raise RuntimeError(
                     f"effective weight of {name} has more than {phase.n} nonzeros in a group of {phase.m}"
                 )

@@ -73,9 +73,10 @@ class NMWeight(nn.Module):
     model, never the soft mask (the official code evaluates on whatever alpha training left).
     """
 
-    def __init__(self, schedule: NMSchedule):
+    def __init__(self, schedule: NMSchedule, group_dim: int = 1):
         super().__init__()
         self.schedule = schedule
+        self.group_dim = int(group_dim)  # the groups of M run along this weight dimension (1: input)
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("total", torch.zeros((), dtype=torch.long))
         self._position: tuple[int, int] | None = (0, 0)
@@ -130,7 +131,7 @@ class NMWeight(nn.Module):
         key = (weight._version, weight.data_ptr(), n, m, weight.dtype, weight.device)
         cached = self._mask_cache
         if cached is None or cached[0] != key:
-            keep = nm_mask(weight, n, m)
+            keep = nm_mask(weight, n, m, self.group_dim)
             cached = self._mask_cache = (key, keep, keep.to(weight.dtype))
         return cached[1], cached[2]
 
@@ -139,4 +140,5 @@ class NMWeight(nn.Module):
         return None if self._mask_cache is None else self._mask_cache[0]
 
     def extra_repr(self) -> str:
-        return f"target={self.schedule.pattern}, mode={self.schedule.mode}"
+        grouping = "" if self.group_dim == 1 else f", group_dim={self.group_dim}"
+        return f"target={self.schedule.pattern}, mode={self.schedule.mode}{grouping}"

@@ -8,11 +8,11 @@ file with its settings in a nested ``Options`` dataclass, decorate it with
 """
 
 from sparseforge.sparsity.rules.base import RULES, DropAndGrow, UpdateRule
-from sparseforge.sparsity.rules.momentum import Momentum
+from sparseforge.sparsity.rules.momentum import SNFSMomentum
 from sparseforge.sparsity.rules.rigl import RigL
 from sparseforge.sparsity.rules.set import SET
 from sparseforge.sparsity.rules.static import Static
 from sparseforge.sparsity.rules.tdm import TDM
 from sparseforge.sparsity.rules.unfired import Unfired
 
-__all__ = ["RULES", "DropAndGrow", "Momentum", "RigL", "SET", "Static", "TDM", "Unfired", "UpdateRule"]
+__all__ = ["RULES", "DropAndGrow", "RigL", "SET", "SNFSMomentum", "Static", "TDM", "Unfired", "UpdateRule"]

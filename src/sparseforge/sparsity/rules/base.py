@@ -97,15 +97,18 @@ def drop_smallest(masks, name: str, n: int) -> torch.Tensor:
 class DropAndGrow(UpdateRule):
     """Drop the ``floor(α·n_active)`` smallest |w| of each layer, grow as many by ``grow_scores``.
 
-    Grow candidates are the weights inactive before the update (a weight dropped in this update
-    is not regrown unless ``regrow_dropped``). Counts per layer never change. When candidates do
-    not depend on the drop (the default), the grow choice is made in ``prepare`` and kept as a
-    bool mask, so no dense gradient has to survive the optimizer step.
+    Grow candidates: with ``regrow_dropped`` every weight inactive after the drop (RigL's
+    Algorithm 1 and its ``_get_update_op``), so a weight dropped and regrown in the same update
+    stays active and keeps its value and optimizer state (``MaskSet.set_masks`` only resets
+    weights that were inactive before); without it, only the weights inactive before the update
+    (then the grow choice is made in ``prepare`` and kept as indices, so no dense gradient has to
+    survive the optimizer step). Counts per layer never change. Each rule sets its own default.
     """
 
     @dataclass
     class Options(UpdateRule.Options):
-        #: Whether a weight dropped in an update may be regrown in the same update.
+        #: Whether a weight dropped in an update may be regrown in the same update (it then keeps
+        #: its value); false: only weights inactive before the update are grow candidates.
         regrow_dropped: bool = False
 
     def __init__(self, options: Options | None = None, **values: Any):

@@ -1,9 +1,14 @@
-"""``momentum`` (SNFS-style growth, as in CL-with-DST): grow the largest |EMA of the dense gradient|.
+"""``momentum``: RigL's SNFS baseline (google-research/rigl ``sparse_optimizers.py:
+SparseMomentumOptimizer``, after Dettmers & Zettlemoyer's sparse momentum without
+redistribution): RigL's schedule and drop, grow the largest |EMA of the dense gradient|.
 
-The optimizer's own momentum cannot serve: gradients of pruned weights are masked before the
-step, so their momentum holds nothing. This rule keeps its own exponential moving average of
-the dense gradient (decay ``momentum_decay``), updated every step before masking. It costs one
-float buffer per sparse weight and one in-place update per step.
+This is not CL-with-DST's ``momentum`` growth, which (with its default Adam) scores Adam's
+m / (sqrt(v) + eps); that variant belongs to the CL-with-DST method. The optimizer's own
+momentum cannot serve here: gradients of pruned weights are masked before the step, so their
+momentum holds nothing. This rule keeps its own exponential moving average of the dense gradient
+(decay ``momentum_decay``, RigL's ``momentum=0.9``), updated every step before masking; it costs
+one float buffer per sparse weight and one in-place update per step. As RigL's class (which
+extends its SET optimizer), grow candidates are every weight inactive after the drop.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 
 
 @RULES.register("momentum")
-class Momentum(DropAndGrow):
+class SNFSMomentum(DropAndGrow):
     observes_every_step = True
 
     @dataclass
     class Options(DropAndGrow.Options):
+        #: RigL's SparseMomentumOptimizer extends its SET optimizer: candidates after the drop.
+        regrow_dropped: bool = True
         #: EMA decay of the dense gradient whose magnitude ranks the grow candidates.
         momentum_decay: float = 0.9
 

@@ -2,9 +2,14 @@
 
 The dense gradient is that of the update step's mini-batch with respect to the (masked)
 weights, read before the gradients are masked; under DDP it is the all-reduced gradient.
+Grow candidates are all weights inactive after the drop (Algorithm 1; google-research/rigl
+``sparse_optimizers_base.py: _get_update_op``): a weight dropped and regrown in the same update
+keeps its value. ``regrow_dropped=false`` restricts growth to weights inactive before the update.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -14,6 +19,11 @@ from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 @RULES.register("rigl")
 class RigL(DropAndGrow):
     needs_dense_grad = True
+
+    @dataclass
+    class Options(DropAndGrow.Options):
+        #: RigL's candidates: every weight inactive after the drop (false: inactive before it).
+        regrow_dropped: bool = True
 
     def grow_scores(self, sparsifier, name, position, dense_grad):
         if dense_grad is None:  # the layer took no part in this step's loss

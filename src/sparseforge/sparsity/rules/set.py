@@ -2,9 +2,13 @@
 
 Random scores come from a generator seeded by (seed, update index, layer position) on the
 weight's device, so every rank draws the same choice and a resumed run draws the same again.
+As RigL's SET baseline (``SparseSETOptimizer``) and the RigL paper's Algorithm 1, grow candidates
+are all weights inactive after the drop (``regrow_dropped=false``: inactive before the update).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -20,5 +24,10 @@ def random_scores(sparsifier, name: str, position: int) -> torch.Tensor:
 
 @RULES.register("set")
 class SET(DropAndGrow):
+    @dataclass
+    class Options(DropAndGrow.Options):
+        #: RigL's SET baseline: every weight inactive after the drop (false: inactive before it).
+        regrow_dropped: bool = True
+
     def grow_scores(self, sparsifier, name, position, dense_grad):
         return random_scores(sparsifier, name, position)

@@ -152,10 +152,7 @@ class TDM(UpdateRule):
     # -- the update ----------------------------------------------------------------------------------
     def base_nnz(self, sparsifier) -> dict[str, int]:
         """Each layer's count at ``sparsity.density`` (what the schedule's offsets are relative to)."""
-        from sparseforge.sparsity.distributions import layer_nnz, weight_shapes
-
-        o = sparsifier.options
-        return layer_nnz(weight_shapes(sparsifier.masks.layers), o.density, o.distribution, o.erk_power_scale)
+        return sparsifier.options.layer_nnz(sparsifier.masks.layers)
 
     def scheduled_nnz(self, sparsifier, epoch_in_task: int, current: Mapping[str, int]) -> dict[str, int]:
         masks = sparsifier.masks
