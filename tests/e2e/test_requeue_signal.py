@@ -69,7 +69,7 @@ def test_requeue_signal_checkpoints_after_the_interrupted_step_and_resumes_exact
     common = [*QUIET, "method=er", "method.buffer_size=100", "scenario.epochs_per_task=2", "model.dropout=0.2"]
     with one_thread():
         train(compose_config(common, output_dir=tmp_path / "reference"))
-        signalled = [*common, "+callbacks.signal._target_=tests.test_requeue_signal.SignalInsideAStep"]
+        signalled = [*common, "+callbacks.signal._target_=tests.e2e.test_requeue_signal.SignalInsideAStep"]
         with pytest.raises(Crash):
             train(compose_config(signalled, output_dir=tmp_path / "run"))
         assert slurm_job.read_text().split() == ["requeue", "4242"]  # Lightning's handler ran once
@@ -143,7 +143,7 @@ def test_requeue_signal_under_ddp_is_answered_by_every_rank_at_the_same_step(tmp
     reference, run = tmp_path / "reference", tmp_path / "run"
     for proc in srun_two_ranks(common, reference, scontrol_dir):
         assert proc.returncode == 0, proc.stderr[-3000:]
-    signalled = [*common, "+callbacks.signal._target_=tests.test_requeue_signal.SignalEachRankAtItsOwnStep"]
+    signalled = [*common, "+callbacks.signal._target_=tests.e2e.test_requeue_signal.SignalEachRankAtItsOwnStep"]
     for proc in srun_two_ranks(signalled, run, scontrol_dir):
         assert proc.returncode != 0 and "killed after the requeue" in proc.stderr, proc.stderr[-3000:]
     # Rank 0 requeued once, at the step where rank 1 got the signal; rank 0's own later signal

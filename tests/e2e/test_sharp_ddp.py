@@ -47,7 +47,7 @@ def test_sharp_state_is_identical_on_every_rank(tmp_path, data_dir):
             "model=sharp_mnistlike", "method=sharp", "sparsity=dense", "optimizer=adadelta", "logger=none",
             "data.batch_size=32", "scenario.n_tasks=5", "trainer.max_epochs=6", "scenario.epochs_per_task=2", "method.phase_epochs=1",
             "method.max_phases=2", "print_config=false", "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={run_dir}", "+callbacks.dump._target_=tests.test_sharp_ddp.DumpSharpState",
+            f"hydra.run.dir={run_dir}", "+callbacks.dump._target_=tests.e2e.test_sharp_ddp.DumpSharpState",
         ],
         env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -56,7 +56,7 @@ def test_sparcl_state_is_identical_on_every_rank(tmp_path):
             "logger=none",
             "print_config=false",
             f"hydra.run.dir={run_dir}",
-            "+callbacks.dump._target_=tests.test_sparcl_ddp.SparCLStateDump",
+            "+callbacks.dump._target_=tests.e2e.test_sparcl_ddp.SparCLStateDump",
         ],
         env={"OMP_NUM_THREADS": "1"},
     )

@@ -82,7 +82,7 @@ def test_resume_gives_identical_masks_and_identical_later_updates(tmp_path):
 
     resumed = tmp_path / "resumed"
     interrupt = [
-        "+callbacks.interrupt._target_=tests.test_sparsity_callback.InterruptAtEpoch",
+        "+callbacks.interrupt._target_=tests.lightning.test_sparsity_callback.InterruptAtEpoch",
         "+callbacks.interrupt.epoch=1",
     ]
     with pytest.raises(RuntimeError, match="simulated preemption"):
