@@ -26,6 +26,10 @@ class DataNotFoundError(SparseforgeError, FileNotFoundError):
     """A dataset is missing on disk and could not be downloaded."""
 
 
+class DataCorruptError(SparseforgeError):
+    """A dataset file is on disk but cut short or damaged (downloading again does not replace it)."""
+
+
 class RunFault(SparseforgeError):
     """A run that cannot go on for a reason outside its config (disk, checkpoint, divergence).
 

@@ -385,7 +385,10 @@ def _end_sweep_point_or_exit(cfg: DictConfig, exc: SparseforgeError) -> None:
 
 def main() -> None:
     """Console-script entry (``sparseforge-train``): the same as ``python train.py``."""
-    _hydra_main()
+    from sparseforge.config.hydra_errors import one_line_hydra_errors
+
+    with one_line_hydra_errors():  # an unknown key: one line with the closest valid key
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from sparseforge.errors import DataNotFoundError
+from sparseforge.errors import DataCorruptError, DataNotFoundError
 
 DATA_DIR_ENV = "SPARSEFORGE_DATA_DIR"
 
@@ -75,7 +75,7 @@ class ImageDataset:
             existed = set(self.root.iterdir()) if self.root.is_dir() else None
             try:
                 self._cache[train] = self._load(train)
-            except DataNotFoundError:
+            except (DataNotFoundError, DataCorruptError):
                 self._remove_empty_new_folders(existed)
                 raise
             except (RuntimeError, FileNotFoundError, OSError) as exc:
