@@ -377,9 +377,11 @@ def _end_sweep_point_or_exit(cfg: DictConfig, exc: SparseforgeError) -> None:
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        from sparseforge.sweeps.plan import SweepPointFailed
+        from sparseforge.config.points import point_overrides
+        from sparseforge.sweeps.plan import SweepPointFailed, describe
 
-        raise SweepPointFailed(f"sweep point {' '.join(HydraConfig.get().overrides.task)}: {exc}") from None
+        point = describe(point_overrides(HydraConfig.get().overrides.task))
+        raise SweepPointFailed(f"sweep point {point}: {exc}") from None
     sys.exit(exc.exit_code)
 
 
