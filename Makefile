@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 
 help:
 	@echo "make train [ARGS='overrides']  set up .venv (first time) and run python train.py"
-	@echo "make test                      run the whole test suite (what CI runs)"
+	@echo "make test                      run the whole test suite (what CI runs; without a SLURM"
+	@echo "                               cluster or full MNIST those tests are skipped, with the reason)"
 	@echo "make test-fast                 skip tests marked slow"
 	@echo "make lint                      ruff"
 

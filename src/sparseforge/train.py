@@ -121,7 +121,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     import torch
 
     from sparseforge.config.validate import validate
-    from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, find_resume_checkpoint
+    from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
     from sparseforge.lightning.reproducibility import RNGStateCallback
@@ -162,7 +162,9 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
 
-    plugins = [AtomicCheckpointIO()]
+    checkpoint_io = AtomicCheckpointIO()
+    callbacks.append(CheckpointCommits(checkpoint_io))
+    plugins = [checkpoint_io]
     if cfg.get("slurm_environment"):  # who requeues a SLURM job: see configs/train.yaml
         environment = make(cfg.slurm_environment, "slurm_environment")
         plugins += [environment] if environment is not None else []
@@ -250,7 +252,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any], failure: BaseExceptio
 
     try:
         atomic_write_json(run_dir / "summary.json", summary)
-    except OSError as exc:  # DiskFullError included
+    except (OSError, SparseforgeError) as exc:  # a full disk (DiskFullError), a vanished folder
         if failure is None:
             raise
         log.error(f"could not record status {summary['status']!r} in summary.json: {exc}")

@@ -283,3 +283,27 @@ def test_the_csv_log_of_a_resumed_run_has_the_rows_of_an_uninterrupted_one(tmp_p
         run([*FAST, *crash_at(3)], part)
     run([*FAST, "ckpt_path=auto"], part)
     assert csv_rows(part) == csv_rows(tmp_path / "straight")
+
+
+# -- two processes, one run directory ------------------------------------------------------------------
+HOLD = "import sys, time; from sparseforge.utils.run_lock import RunLock; RunLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)"
+
+
+def test_a_run_directory_held_by_a_live_process_is_refused_and_freed_when_it_dies(tmp_path):
+    import socket
+
+    from sparseforge.errors import RunInUseError
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError) as refused:
+            run(FAST, run_dir)
+        assert f"is in use by PID {holder.pid} on {socket.gethostname()}" in str(refused.value)
+        assert not (run_dir / "summary.json").exists()  # nothing of the other run was touched
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+    run(FAST, run_dir)
+    assert summary(run_dir)["status"] == "completed"

@@ -4,7 +4,8 @@
   place (``utils/io.replacing``): a kill mid-write leaves the previous file intact, a full disk is
   one line, and nothing goes through the system temp dir (Lightning's own save stages there, which
   writes every checkpoint twice when /tmp is another filesystem). The file a save replaces is
-  kept as ``<name>.bak`` (a hard link, no copy), so one good checkpoint is always left.
+  kept as ``<name>.bak``, so a second good checkpoint is always left (the disk holds two, and a
+  third while one is written).
 - ``find_resume_checkpoint`` reads the checkpoint to resume from before anything trains. With
   ``ckpt_path=auto`` an unreadable ``last.ckpt`` (truncated or corrupt) falls back to the backup,
   with a warning; without a readable backup it is one line with the way out.
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -36,34 +37,72 @@ def backup_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".bak")
 
 
-def keep_as_backup(path: Path) -> None:
-    """Make ``<path>.bak`` the current ``path`` (before a save replaces it)."""
-    if not path.is_file():
-        return
-    backup = backup_path(path)
-    tmp = temp_path_for(backup)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:  # a filesystem without hard links
-        with replacing(backup) as out, open(path, "rb") as src:
-            shutil.copyfileobj(src, out)
-        return
-    os.replace(tmp, backup)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, written next to the target, atomically, with one backup."""
+    """Lightning's checkpoint IO: written beside the target, renamed into place, one backup.
+
+    While training runs (``CheckpointCommits``) the rename waits for the next safe point: the next
+    batch or epoch, the end of training or an exception. Lightning logs some rows just after a
+    checkpoint (an epoch's aggregated metrics, a step's metrics), and a resume does not log them
+    again; once a checkpoint is in place they are on disk, so a kill never loses them. A kill
+    before the rename resumes from the checkpoint before, which is as exact, only earlier.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.defer = False
+        self._pending: list[Path] = []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if "://" in str(path):  # remote storage: Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        # Link the backup first: the disk then holds two checkpoints while the new one is written,
-        # as it did before there were backups.
-        keep_as_backup(path)
-        with replacing(path) as file:
+        with replacing(path, rename=False) as file:
             torch.save(checkpoint, file)
+        if path not in self._pending:
+            self._pending.append(path)
+        if not self.defer:
+            self.commit()
+
+    def commit(self) -> None:
+        """Put the checkpoints written since the last commit in place; the file each one replaces
+        becomes its ``.bak`` (two renames: the two are never one file, so damage to one spares
+        the other; between the renames a resume finds the backup)."""
+        while self._pending:
+            path = self._pending.pop(0)
+            if path.is_file():
+                os.replace(path, backup_path(path))
+            os.replace(temp_path_for(path), path)
+
+    def commit_now(self) -> None:
+        """Commit, and write every later checkpoint in place at once (the process is about to end)."""
+        self.defer = False
+        self.commit()
+
+    def teardown(self) -> None:
+        self.commit_now()
+        super().teardown()
+
+
+class CheckpointCommits(pl.Callback):
+    """Defers ``AtomicCheckpointIO``'s renames to the safe points of training (see there)."""
+
+    def __init__(self, io: AtomicCheckpointIO):
+        self.io = io
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.io.defer = True
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.io.commit()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.io.commit()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.io.commit_now()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.io.commit_now()
 
 
 @dataclass

@@ -5,10 +5,11 @@ rows logged before the checkpoint it resumes from, and logs the rest as the unin
 
 - every checkpoint records the log's length, after writing the rows logged so far to disk
   (``CSVLogPosition``): a resume keeps that many rows, in their order;
-- Lightning logs an epoch's aggregated metrics (``train/acc``, the task loop's ``cl/*``) just
-  after the epoch-end checkpoint, and a resume does not log them again: rows written after the
-  checkpoint's length that are older than its step are kept too. Rows logged between a checkpoint
-  and the next training step go to disk at once, so a kill rarely finds them unwritten;
+- Lightning logs some rows just after a checkpoint (an epoch's aggregated metrics such as
+  ``train/acc`` and the task loop's ``cl/*``; a step's metrics), with a step older than the
+  checkpoint's, and a resume does not log them again: those are kept too. They are on disk
+  before the checkpoint is (Lightning writes them at once, and ``checkpoint_io`` puts a
+  checkpoint in place only at the next batch or epoch);
 - a row a kill cut in half (no line end) is dropped; a new column rewrites the file atomically.
 
 A fresh run in the same directory replaces the old rows at its first save.
@@ -106,7 +107,6 @@ class CSVLogger(_LightningCSVLogger):
     Local paths only."""
 
     _resume: tuple[int, int | None] | None = None
-    write_each_row = False  # set between a checkpoint and the next training step
 
     def resume_at(self, step: int, rows: int | None) -> None:
         """Continue the log of a run resumed from the checkpoint of global step ``step``, which
@@ -125,11 +125,6 @@ class CSVLogger(_LightningCSVLogger):
                 self._experiment.resume_at(*self._resume)
         return self._experiment
 
-    def log_metrics(self, metrics, step: int | None = None) -> None:
-        super().log_metrics(metrics, step)
-        if self.write_each_row:
-            self.save()
-
 
 def _csv_loggers(trainer: pl.Trainer) -> list[CSVLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
@@ -144,13 +139,8 @@ class CSVLogPosition(pl.Callback):
         positions = []
         for logger in _csv_loggers(trainer):
             logger.save()
-            logger.write_each_row = True
             positions.append(logger.experiment.rows_logged)
         checkpoint["csv_log_rows"] = positions
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
-        for logger in _csv_loggers(trainer):
-            logger.write_each_row = False
 
 
 def continue_logs_from(loggers, step: int | None, rows: list[int] | None = None) -> None:

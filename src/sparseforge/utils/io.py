@@ -87,8 +87,9 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Yield a binary file that, once the block ends without an error, replaces ``path``.
+def replacing(path: str | os.PathLike, rename: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that, once the block ends without an error, replaces ``path``
+    (``rename=False``: stays complete at ``temp_path_for(path)``, for the caller to rename).
 
     On an error the partial file is removed first; a full disk is re-raised as DiskFullError.
     """
@@ -104,7 +105,8 @@ def replacing(path: str | os.PathLike) -> Iterator[BinaryIO]:
     try:
         yield file
         file.close()
-        os.replace(tmp, path)
+        if rename:
+            os.replace(tmp, path)
     except BaseException as exc:
         try:
             file.close()

@@ -124,6 +124,7 @@ def effective_status(run_dir: str | os.PathLike, summary: dict[str, Any] | None)
 def claim_run_dir(run_dir: str | os.PathLike) -> RunLock:
     """Lock ``run_dir`` for this run and clear what killed processes left in it (their temporary
     files). Raises RunInUseError while another live process holds it."""
+    from sparseforge.config.points import read_summary
     from sparseforge.utils.io import remove_stale_temp_files
 
     lock = RunLock.acquire(run_dir)
@@ -131,4 +132,8 @@ def claim_run_dir(run_dir: str | os.PathLike) -> RunLock:
     removed = remove_stale_temp_files([run_dir, run_dir / "checkpoints"])
     if removed:
         log.info(f"removed {len(removed)} temporary file(s) of killed processes: {', '.join(p.name for p in removed)}")
+    previous = read_summary(run_dir)
+    if previous and previous.get("status") == "running":  # we hold the lock: its process is gone
+        who = f"PID {previous.get('pid')} on {previous.get('host')}" if previous.get("pid") else "its process"
+        log.info(f"the previous run in {_show(run_dir)} ({who}) ended without a status: it was interrupted")
     return lock
