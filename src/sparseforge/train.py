@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.config import config_dir
 from sparseforge.errors import ConfigError, SparseforgeError
-from sparseforge.utils.run_lock import LOCK_NAME
+from sparseforge.utils.run_lock import LOCK_NAME, launched_as_rank_zero
 
 log = logging.getLogger("sparseforge")
 
@@ -50,7 +50,7 @@ class Run:
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    return launched_as_rank_zero()
 
 
 def apply_last(cfg: DictConfig) -> None:

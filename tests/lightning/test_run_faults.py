@@ -307,3 +307,24 @@ def test_a_run_directory_held_by_a_live_process_is_refused_and_freed_when_it_die
         holder.wait()
     run(FAST, run_dir)
     assert summary(run_dir)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "env, zero",
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "1"}, False),  # a process Lightning started for rank 1
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+        ({"SLURM_PROCID": "1"}, False),  # srun, one task per rank
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's ranks inside one SLURM task
+        ({"RANK": "0", "SLURM_PROCID": "3"}, True),  # torchrun's global rank wins
+    ],
+)
+def test_only_the_process_that_becomes_rank_zero_owns_the_run_directory(monkeypatch, env, zero):
+    from sparseforge.utils.run_lock import launched_as_rank_zero
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launched_as_rank_zero() is zero

@@ -18,10 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from sparseforge.errors import ConfigError, SparseforgeError
 
 
-def _rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
 def check_writable(folder: Path, key: str) -> None:
     """``folder`` can be created (or exists as a folder) and written to."""
     existing = folder
@@ -42,10 +38,11 @@ def _fail(exc: SparseforgeError) -> None:
 
 class RunDirChecks(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if not _rank_zero():  # DDP ranks > 0 join the directory rank 0 checked and holds
-            return
         from sparseforge.config.validate import check_run_name
-        from sparseforge.utils.run_lock import RunLock
+        from sparseforge.utils.run_lock import RunLock, launched_as_rank_zero
+
+        if not launched_as_rank_zero():  # DDP ranks > 0 join the directory rank 0 checked and holds
+            return
 
         try:
             check_run_name(config.get("run_name"))

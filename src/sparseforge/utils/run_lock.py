@@ -29,6 +29,18 @@ LOCK_NAME = ".lock"
 _held: dict[Path, RunLock] = {}  # run dirs this process holds: acquiring twice is a no-op
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is (or will be) global rank 0, from what its launcher set before any
+    process group exists: torchrun's RANK, Lightning's LOCAL_RANK and NODE_RANK for the processes
+    it starts, srun's SLURM_PROCID for one task per rank. Only rank 0 owns the run directory."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("LOCAL_RANK", 0)) != 0 or int(env.get("NODE_RANK", 0)) != 0:
+        return False
+    return int(env.get("SLURM_PROCID", 0)) == 0
+
+
 def _show(run_dir: Path) -> str:
     """The run directory relative to the current one where it lies inside it (``outputs/NAME``)."""
     try:
