@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 
 help:
 	@echo "make train [ARGS='overrides']  set up .venv (first time) and run python train.py"
-	@echo "make test                      run the whole test suite (what CI runs)"
-	@echo "make test-fast                 skip tests marked slow"
+	@echo "make test                      run the whole test suite (what CI runs; without a SLURM"
+	@echo "                               cluster or full MNIST those tests are skipped, with the reason)"
+	@echo "make test-fast                 the in-process tests only (no slow, end-to-end or SLURM tests)"
 	@echo "make lint                      ruff"
 	@echo "make docs                      build the documentation site into site/ (mkdocs, strict)"
 
@@ -28,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not e2e and not slurm"
 
 lint: install
 	$(BIN)/ruff check src tests experiments

@@ -1,8 +1,17 @@
-"""Shared fixtures: the real composed config, tiny on-disk datasets, full MNIST when present."""
+"""Shared fixtures: the real composed config, tiny on-disk datasets, full MNIST when present.
+
+Tests that need a SLURM cluster (marker ``slurm``) or full MNIST (fixture ``full_mnist_dir``) are
+skipped, with the reason, where those are missing: ``make test`` passes on a fresh machine. CI
+sets ``SPARSEFORGE_REQUIRE_SLURM=1`` and ``SPARSEFORGE_REQUIRE_MNIST=1`` (``.ci/run``), which turn a
+missing cluster or dataset into a failure, so that there they are never silently left out.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +37,37 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def _required(variable: str) -> bool:
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+def skip_or_fail(missing: str, variable: str, how: str) -> None:
+    """Skip a test whose resource is ``missing``, unless ``variable`` requires it (CI): then fail."""
+    if _required(variable):
+        pytest.fail(f"{missing}, and {variable}=1 requires it; {how}")
+    pytest.skip(f"{missing}; {how} (set {variable}=1 to fail instead of skipping)")
+
+
+@functools.cache
+def slurm_missing() -> str | None:
+    """Why the local SLURM cluster cannot take jobs, or None when it can."""
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed here (no sinfo)"
+    try:
+        result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed ({exc})"
+    states = [s.rstrip("*") for s in result.stdout.split()]
+    if result.returncode != 0 or not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"the SLURM cluster is not up (sinfo: {result.stdout.strip() or result.stderr.strip()})"
+    return None
+
+
+def pytest_runtest_setup(item) -> None:
+    if item.get_closest_marker("slurm") and (missing := slurm_missing()):
+        skip_or_fail(missing, "SPARSEFORGE_REQUIRE_SLURM", "start it with sudo slurm/start-local-slurm.sh")
+
+
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     d = tmp_path / "data"
@@ -40,5 +80,9 @@ def full_mnist_dir() -> Path:
     """Folder holding MNIST/raw (full MNIST), from $SPARSEFORGE_DATA_DIR. CI points it at ../shared/data."""
     root = os.environ.get("SPARSEFORGE_DATA_DIR")
     if not root or not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip("full MNIST not available: set SPARSEFORGE_DATA_DIR to a folder with MNIST/raw (CI does)")
+        skip_or_fail(
+            f"full MNIST is not in SPARSEFORGE_DATA_DIR={root or '(unset)'}",
+            "SPARSEFORGE_REQUIRE_MNIST",
+            "point SPARSEFORGE_DATA_DIR at a folder with MNIST/raw",
+        )
     return Path(root)

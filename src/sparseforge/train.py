@@ -1,8 +1,9 @@
 """The training entry point: ``train(cfg) -> metrics`` and the Hydra ``main``.
 
 ``train`` builds every component from the config (each group maps 1:1 to a constructor), runs
-the pre-flight checks (config values, data on disk, scenario split) before anything is written,
-fits, and writes ``summary.json`` into the run directory, also when the run fails.
+the pre-flight checks (every config value first, then the data on disk and the scenario split)
+before anything is written, fits, and writes ``summary.json`` into the run directory, also when
+the run fails or is interrupted. One process at a time owns a run directory (``utils/run_lock``).
 
 Heavy imports (torch, Lightning) happen inside the functions so ``--help`` and config errors
 come back fast.
@@ -13,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.config import config_dir
 from sparseforge.errors import ConfigError, SparseforgeError
+from sparseforge.utils.run_lock import LOCK_NAME, launched_as_rank_zero
 
 log = logging.getLogger("sparseforge")
 
@@ -37,24 +41,16 @@ class Run:
     datamodule: Any
     method: Any
     trainer: Any
-    ckpt_path: str | None
+    resume: Any  # lightning.checkpoint_io.ResumePoint | None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ckpt_path(self) -> str | None:
+        return str(self.resume.path) if self.resume is not None else None
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
-def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is None:
-        return None
-    if ckpt == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(ckpt).is_file():
-        raise ConfigError("ckpt_path", f"no checkpoint file at {ckpt}", "null, auto, or an existing .ckpt file")
-    return str(ckpt)
+    return launched_as_rank_zero()
 
 
 def _precision_for(trainer_cfg: DictConfig) -> Any:
@@ -81,6 +77,7 @@ def make(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose config mistakes come back as one ConfigError line."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return instantiate(node, **kwargs)
@@ -88,7 +85,8 @@ def make(node: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = exc.__cause__
         if isinstance(cause, SparseforgeError):
             raise cause from None
-        if isinstance(cause, (TypeError, ValueError)):  # wrong or missing constructor arguments
+        # wrong or missing constructor arguments; values Lightning's constructors refuse
+        if isinstance(cause, (TypeError, ValueError, MisconfigurationException)):
             raise ConfigError(key, str(cause).splitlines()[0]) from None
         raise
 
@@ -101,13 +99,22 @@ def _check_partial(factory: Any, key: str, **kwargs: Any) -> None:
         raise ConfigError(key, str(exc).splitlines()[0]) from None
 
 
-def build(cfg: DictConfig) -> Run:
-    """Instantiate everything and run the pre-flight checks. Raises SparseforgeError on bad input."""
+def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) -> Run:
+    """Instantiate everything and run the pre-flight checks. Raises SparseforgeError on bad input.
+
+    Every constructor runs before any data is read (datasets load lazily), so a config mistake is
+    reported before a missing or broken dataset; ``on_config_checked`` runs in between (the CLI
+    prints the config tree there).
+    """
     import lightning.pytorch as pl
     import torch
 
     from sparseforge.config.validate import validate
-    from sparseforge.lightning.reproducibility import AtomicCheckpointIO, RNGStateCallback
+    from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
+    from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
+    from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
+    from sparseforge.lightning.reproducibility import RNGStateCallback
+    from sparseforge.lightning.train_metrics import TrainMetricsForSummary
 
     validate(cfg)
     if cfg.get("torch_threads"):
@@ -115,11 +122,10 @@ def build(cfg: DictConfig) -> Run:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
 
+    # -- the config: every constructor, no data read yet -------------------------------------------
     dataset = make(cfg.dataset, "dataset")
     scenario = make(cfg.scenario, "scenario")
     datamodule = make(cfg.data, "data", dataset=dataset, scenario=scenario)
-    datamodule.setup("fit")  # loads the data and cuts the tasks: missing data fails here
-
     model = make(
         cfg.model, "model", num_classes=dataset.num_classes, in_chans=dataset.in_chans, image_size=dataset.image_size
     )
@@ -133,29 +139,32 @@ def build(cfg: DictConfig) -> Run:
     method = make(
         cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, optimizer_groups=groups
     )
-    method.check_setup(datamodule)  # e.g. task-IL support, buffer size against the data
 
-    callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback()]
+    callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback(), NonFiniteLossGuard(cfg.nonfinite_loss)]
     if cfg.sparsity.get("_target_"):
         sparsity = make(cfg.sparsity, "sparsity")
         if hasattr(sparsity, "preflight"):  # model-dependent checks (which layers, their shapes) before any work
             sparsity.preflight(method)
         callbacks.append(sparsity)
     callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    callbacks.append(TrainMetricsForSummary())
     loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    if any(isinstance(lg, CSVLogger) for lg in loggers):
+        callbacks.append(CSVLogPosition())
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
 
-    plugins = [AtomicCheckpointIO()]
+    checkpoint_io = AtomicCheckpointIO()
+    callbacks.append(CheckpointCommits(checkpoint_io))
+    plugins = [checkpoint_io]
     if cfg.get("slurm_environment"):  # who requeues a SLURM job: see configs/train.yaml
         environment = make(cfg.slurm_environment, "slurm_environment")
         plugins += [environment] if environment is not None else []
     trainer_cfg = cfg.trainer
-    max_epochs = trainer_cfg.max_epochs if trainer_cfg.max_epochs is not None else datamodule.total_epochs
     trainer = make(
         trainer_cfg,
         "trainer",
-        max_epochs=max_epochs,
+        max_epochs=trainer_cfg.max_epochs if trainer_cfg.max_epochs is not None else 1,  # set below when null
         precision=_precision_for(trainer_cfg),
         callbacks=callbacks,
         logger=loggers or False,
@@ -163,7 +172,16 @@ def build(cfg: DictConfig) -> Run:
         reload_dataloaders_every_n_epochs=1,
         limit_val_batches=0,
     )
-    return Run(cfg, run_dir, datamodule, method, trainer, resolve_ckpt_path(cfg, run_dir))
+    resume = find_resume_checkpoint(cfg.get("ckpt_path"), run_dir, tidy=_is_rank_zero())
+    if on_config_checked is not None:
+        on_config_checked()
+
+    # -- the data ---------------------------------------------------------------------------------
+    datamodule.setup("fit")  # loads the data and cuts the tasks: missing data fails here
+    method.check_setup(datamodule)  # e.g. task-IL support, buffer size against the data
+    if trainer_cfg.max_epochs is None:  # every task's epochs
+        trainer.fit_loop.max_epochs = datamodule.total_epochs
+    return Run(cfg, run_dir, datamodule, method, trainer, resume)
 
 
 def collect_summary(run: Run) -> dict[str, Any]:
@@ -178,9 +196,6 @@ def collect_summary(run: Run) -> dict[str, Any]:
                 sections["metrics"].update(value)
             else:
                 sections[key] = value
-    for key in ("train/loss", "train/acc"):
-        if key in run.trainer.callback_metrics:
-            sections["metrics"][key] = float(run.trainer.callback_metrics[key])
     return sections
 
 
@@ -189,7 +204,7 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
     and the parents (``outputs/runs/``...) it leaves empty, up to ``stop_at``."""
     if not run_dir.is_dir() or (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
         parent = run_dir.resolve().parent
@@ -202,11 +217,10 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
             parent = parent.parent
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) -> dict[str, float]:
     """Train from a composed config; write summary.json; return the final metrics."""
     from sparseforge.config.points import completed_summary
-    from sparseforge.lightning.loggers import continue_logs_from, finish_wandb
-    from sparseforge.utils.io import atomic_write_json
+    from sparseforge.utils.run_lock import claim_run_dir
 
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
@@ -215,27 +229,53 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info(f"{run_dir} already completed: skipped (ckpt_path=null retrains it)")
         train.last_summary = finished
         return finished.get("metrics", {})
+    lock = claim_run_dir(run_dir) if _is_rank_zero() else None  # RunInUseError: someone else's
     try:
-        run = build(cfg)
+        return _train_in(run_dir, cfg, start, on_config_checked)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any], failure: BaseException | None) -> None:
+    """Write summary.json; if that fails too while a run is failing, say so without hiding why."""
+    from sparseforge.utils.io import atomic_write_json
+
+    try:
+        atomic_write_json(run_dir / "summary.json", summary)
+    except (OSError, SparseforgeError) as exc:  # a full disk (DiskFullError), a vanished folder
+        if failure is None:
+            raise
+        log.error(f"could not record status {summary['status']!r} in summary.json: {exc}")
+
+
+def _train_in(run_dir: Path, cfg: DictConfig, start: float, on_config_checked) -> dict[str, float]:
+    from sparseforge.errors import DiskFullError
+    from sparseforge.lightning.csv_log import continue_logs_from
+    from sparseforge.lightning.interrupts import exit_code_for, is_interruption
+    from sparseforge.lightning.loggers import finish_wandb
+    from sparseforge.utils.io import is_disk_full
+
+    rank_zero = _is_rank_zero()
+    try:
+        run = build(cfg, on_config_checked)
     except SparseforgeError:
-        if _is_rank_zero():
+        if rank_zero:
             _remove_fresh_run_dir(run_dir, stop_at=Path(cfg.paths.root_dir))
         raise
     except BaseException as exc:  # a bug, not a user error: keep the run dir and say what failed
-        if _is_rank_zero():
-            atomic_write_json(
-                run_dir / "summary.json",
-                {
-                    "status": "failed",
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "run_dir": str(run_dir),
-                    "seed": cfg.get("seed"),
-                    "metrics": {},
-                    "wall_time_s": time.time() - start,
-                    "n_params": None,
-                    "config": OmegaConf.to_container(cfg, resolve=False),
-                },
-            )
+        if rank_zero:
+            failed = {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "run_dir": str(run_dir),
+                "seed": cfg.get("seed"),
+                "metrics": {},
+                "wall_time_s": time.time() - start,
+                "n_params": None,
+                "config": OmegaConf.to_container(cfg, resolve=False),
+            }
+            _write_summary(run_dir, failed, exc)
         raise
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -248,12 +288,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "n_params": sum(p.numel() for p in run.method.model.parameters()),
         "resumed_from": run.ckpt_path,
         "started_at": start,
+        "pid": os.getpid(),  # with the lock: tells a killed run (status still "running") from a live one
+        "host": socket.gethostname(),
     }
-    rank_zero = _is_rank_zero()
     if rank_zero:
-        atomic_write_json(run_dir / "summary.json", summary)
+        _write_summary(run_dir, summary, None)
+    failure: BaseException | None = None
     try:
-        continue_logs_from(run.trainer.loggers, run.ckpt_path)
+        if run.resume is not None:
+            continue_logs_from(run.trainer.loggers, run.resume.global_step, run.resume.csv_log_rows)
         for logger in run.trainer.loggers:
             logger.log_hyperparams(resolved)
         run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
@@ -261,17 +304,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         summary["status"] = "completed" if _ran_every_epoch(run.trainer) else "stopped_early"
         return summary["metrics"]
     except BaseException as exc:
+        failure = exc
         # A preemption or Ctrl-C is not a failure: the run resumes from its last checkpoint with
-        # ckpt_path=auto. Lightning turns both into SystemExit (SIGTERM: SIGTERMException).
-        stopped = isinstance(exc, (SystemExit, KeyboardInterrupt))
-        summary["status"] = "interrupted" if stopped else "failed"
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+        # ckpt_path=auto. It still exits non-zero (interrupts.py).
+        summary["status"] = "interrupted" if is_interruption(exc) else "failed"
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):  # e.g. a log file, written in place
+            failure = DiskFullError(getattr(exc, "filename", None) or run_dir)
+        summary["error"] = f"{type(failure).__name__}: {failure}"
+        code = exit_code_for(exc)
+        if code is not None:
+            raise SystemExit(code) from exc
+        if failure is not exc:
+            raise failure from exc
         raise
     finally:
         summary["wall_time_s"] = time.time() - start
         summary["finished_at"] = time.time()
         if rank_zero and run.trainer.is_global_zero:
-            atomic_write_json(run_dir / "summary.json", summary)
+            _write_summary(run_dir, summary, failure)
         finish_wandb(exit_code=0 if summary["status"] == "completed" else 1)
         run.extra["summary"] = summary
         train.last_summary = summary  # for callers that want everything (tests, the CLI table)
@@ -291,18 +341,20 @@ def _ran_every_epoch(trainer) -> bool:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    if cfg.get("print_config") and _is_rank_zero():
-        from sparseforge.utils.rich_utils import print_config_tree
-
-        print_config_tree(cfg)
     from sparseforge.utils.logging import tidy_console
+
+    def show_config() -> None:  # once every config value passed its checks
+        if cfg.get("print_config") and _is_rank_zero():
+            from sparseforge.utils.rich_utils import print_config_tree
+
+            print_config_tree(cfg)
 
     tidy_console()
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, on_config_checked=show_config)
     except SparseforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _end_sweep_point_or_exit(cfg, exc)
     if _is_rank_zero() and train.last_summary is not None:
         from sparseforge.utils.rich_utils import print_results
 
@@ -311,14 +363,31 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+def _end_sweep_point_or_exit(cfg: DictConfig, exc: SparseforgeError) -> None:
+    """A single run exits with the error's status. In a multirun the error is the point's result:
+    Hydra's launcher records it and runs the other points, and the sweep ends non-zero."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        from sparseforge.config.points import point_overrides
+        from sparseforge.sweeps.plan import SweepPointFailed, describe
+
+        point = describe(point_overrides(HydraConfig.get().overrides.task))
+        raise SweepPointFailed(f"sweep point {point}: {exc}") from None
+    sys.exit(exc.exit_code)
+
+
 def main() -> None:
     """Console-script entry (``sparseforge-train``): the same as ``python train.py``."""
     from sparseforge.compose import register_all
+    from sparseforge.config.hydra_errors import one_line_hydra_errors
     from sparseforge.config.overrides import normalise_overrides
 
     register_all()
     sys.argv[1:] = normalise_overrides(sys.argv[1:])
-    _hydra_main()
+    with one_line_hydra_errors():  # an unknown key: one line with the closest valid key
+        _hydra_main()
 
 
 if __name__ == "__main__":

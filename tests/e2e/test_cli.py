@@ -144,6 +144,15 @@ BAD_INPUTS = {
     ),
     "missing data, download fails": (["dataset=cifar10"], ["cifar-10-batches-py", "data_batch_1", "download"]),
     "missing tiny-imagenet": (["dataset=tiny_imagenet"], ["tiny-imagenet-200", "wnids.txt", "val_annotations.txt"]),
+    "zero epochs": (["trainer.max_epochs=0"], ["trainer.max_epochs", ">= 1"]),
+    "negative epochs": (["trainer.max_epochs=-3"], ["trainer.max_epochs", ">= 1"]),
+    "endless epochs": (["trainer.max_epochs=-1"], ["trainer.max_epochs", "max_steps"]),
+    "negative workers": (["data.num_workers=-1"], ["data.num_workers", ">= 0"]),
+    "run name leaving outputs": (["run_name=../../escaped"], ["run_name", "leaves the outputs folder"]),
+    "misspelled key": (["sparsity.densty=0.1"], ["sparsity.densty", "did you mean `density`?"]),
+    "misspelled top-level key": (["seeed=1"], ["seeed", "did you mean `seed`?"]),
+    # a config error is found before the (missing) data is touched
+    "config error, data missing": (["+experiment=sparcl_cifar10", "method.buffer_size=-1"], ["method.buffer_size"]),
 }
 
 
@@ -171,6 +180,71 @@ def test_bad_input_fails_with_one_clear_error_and_no_run_dir(case, tmp_path):
         assert len(errors) == 1
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
     assert not data.exists() or not any(p.is_dir() for p in data.rglob("*"))  # no empty dataset folders
+    assert not (tmp_path.parent / "escaped").exists()
+    if case == "config error, data missing":
+        assert "cifar" not in err.lower()
+
+
+def test_a_config_error_comes_before_the_config_tree(tmp_path):
+    proc = run_cli(["sparsity.density=0"], env={"SPARSEFORGE_ROOT": str(tmp_path)})  # print_config=true
+    assert proc.returncode == 2 and no_traceback(proc)
+    assert "sparsity.density" in proc.stderr.strip().splitlines()[-1]
+    assert "update_rule" not in proc.stdout  # the tree was not printed: validated first
+
+
+def test_outputs_under_a_file_or_on_a_read_only_folder_are_one_line(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    proc = run_cli([f"paths.log_dir={a_file}/outputs", "print_config=false"], env={"SPARSEFORGE_ROOT": str(tmp_path)})
+    assert proc.returncode == 2 and no_traceback(proc), proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "paths.log_dir" in line and f"{a_file} is a file" in line
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    with read_only_folder(read_only):
+        proc = run_cli(
+            [f"paths.log_dir={read_only}/outputs", "print_config=false"], env={"SPARSEFORGE_ROOT": str(tmp_path)}
+        )
+    assert proc.returncode == 2 and no_traceback(proc), proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "paths.log_dir" in line and str(read_only) in line
+
+
+class read_only_folder:
+    """``folder`` made read-only: a read-only tmpfs mounted over it as root (root ignores file
+    permissions), else its permissions."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.mounted = folder, False
+
+    def __enter__(self):
+        if os.geteuid() == 0:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(self.folder)], check=True)
+            self.mounted = True
+        else:
+            self.folder.chmod(0o555)
+
+    def __exit__(self, *exc):
+        if self.mounted:
+            subprocess.run(["umount", str(self.folder)], check=True)
+        else:
+            self.folder.chmod(0o755)
+
+
+def test_a_truncated_dataset_file_is_named_with_the_way_out(tmp_path):
+    from tests.helpers.fake_data import write_mnist_like
+
+    data = tmp_path / "data"
+    write_mnist_like(data)
+    images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-1000])
+    env = {"SPARSEFORGE_ROOT": str(tmp_path), "SPARSEFORGE_DATA_DIR": str(data)}
+    proc = run_cli(["dataset=mnist", "print_config=false"], env=env)
+    assert proc.returncode == 2 and no_traceback(proc), proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert f"{images} is corrupt or truncated" in line and "delete it and download again" in line
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

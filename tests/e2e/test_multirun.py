@@ -4,6 +4,8 @@ directories shared with the sbatch path, rerun skips finished points, the object
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -76,3 +78,25 @@ def test_optuna_study_optimises_the_returned_metric(tmp_path):
     }
     for key, value in best.best_params.items():
         assert float(sampled[key]) == pytest.approx(float(value))
+
+
+@pytest.mark.slow
+def test_a_bad_point_does_not_stop_the_sweep_and_the_aggregator_names_it(tmp_path):
+    sweep = ["sweep_name=bad", f"paths.log_dir={tmp_path}", "ckpt_path=auto", "print_config=false", "logger=csv"]
+    tiny = ["scenario=iid", "scenario.epochs_per_task=1", "trainer.enable_progress_bar=false"]
+    result = run_cli(["-m", *sweep, *tiny, "sparsity.density=0.1,0,0.2"])
+    assert result.returncode != 0  # the sweep is not a success ...
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if "sparsity.density: must be in (0, 1]" in x and "point" in x]
+    assert "sparsity.density=0" in line
+    sweep_dir = tmp_path / "multiruns" / "bad"
+    done = summaries(sweep_dir)  # ... but the points after the bad one ran
+    assert sorted(s["config"]["sparsity"]["density"] for s in done.values()) == [0.1, 0.2]
+    assert all(s["status"] == "completed" for s in done.values())
+
+    aggregate = [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep_dir)]
+    report = subprocess.run([*aggregate, "--strict"], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 1
+    assert "1 of 3 sweep points have no completed result:" in report.stdout
+    (missing,) = [x for x in report.stdout.splitlines() if x.startswith("  not started")]
+    assert missing.endswith(" sparsity.density=0")

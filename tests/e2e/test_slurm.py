@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,15 +47,10 @@ SECOND_POINT = ("seed=0", "optimizer.lr=0.1")
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
-    """The cluster must be up: fail (not skip) with how to start it."""
-    how = "start it first: sudo slurm/start-local-slurm.sh (CI's .ci/run does), or deselect with -m 'not slurm'"
-    if shutil.which("sinfo") is None:
-        pytest.fail(f"SLURM is not installed here (no sinfo); {how}")
+    """The cluster's first node state; tests/conftest.py skips (or, in CI, fails) these tests
+    before this runs where no cluster is up."""
     result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    states = result.stdout.split()
-    if result.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
-        pytest.fail(f"the SLURM cluster is not up (sinfo: {result.stdout.strip() or result.stderr.strip()}); {how}")
-    return states[0]
+    return result.stdout.split()[0]
 
 
 @pytest.fixture

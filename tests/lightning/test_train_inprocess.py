@@ -290,12 +290,10 @@ class SigtermAtStep(Callback):
 def test_a_preempted_run_says_interrupted_and_resumes_to_completion(tmp_path):
     common = ["logger=none", "scenario=iid", "scenario.epochs_per_task=2", "sparsity=dense"]
     part = tmp_path / "part"
-    sigterm = [
-        "+callbacks.sigterm._target_=tests.lightning.test_train_inprocess.SigtermAtStep",
-        "+callbacks.sigterm.step=60",
-    ]
-    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, raised at the next step
+    sigterm = [f"+callbacks.sigterm._target_={__name__}.SigtermAtStep", "+callbacks.sigterm.step=60"]
+    with pytest.raises(SystemExit) as stopped:  # Lightning's SIGTERMException, raised at the next step
         run([*common, *sigterm], part)
+    assert stopped.value.code == 143  # 128 + SIGTERM: a preempted run is not a success
     summary = json.loads((part / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERMException" in summary["error"]
     _, resumed = run([*common, "ckpt_path=auto"], part)

@@ -277,3 +277,11 @@ def test_dense_first_conv_keeps_a_conv_stem_dense_but_not_an_mlps_first_layer():
     assert "conv1" not in select_layers(cnn, dense_first_conv=True) and "conv1" in select_layers(cnn)
     mlp = create_model("mlp", 10, 1, 28)
     assert list(select_layers(mlp, dense_first_conv=True)) == list(select_layers(mlp))
+
+
+def test_a_classifier_density_that_empties_the_classifier_asks_for_a_higher_fc_density():
+    # erk_plus fixes the classifier at fc_density: 0.01 of 20 weights is no weight at any density
+    shapes = {"l0": (100, 10), "l1": (2, 10)}
+    assert smallest_workable_density(shapes, "erk_plus", fc_density=0.01) is None
+    with pytest.raises(ConfigError, match=r"layer 'l1'.*a higher sparsity.fc_density"):
+        layer_nnz(shapes, 0.5, "erk_plus", fc_density=0.01)

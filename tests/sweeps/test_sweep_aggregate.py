@@ -11,7 +11,14 @@ import sys
 
 import pytest
 
-from sparseforge.sweeps.aggregate import AggregateError, aggregate, load_runs
+from sparseforge.sweeps.aggregate import (
+    NOT_STARTED,
+    AggregateError,
+    aggregate,
+    load_runs,
+    planned_points,
+    unfinished_points,
+)
 from tests.helpers.cli import REPO
 
 # (density, seed) -> test/acc, train FLOPs; CL metrics and a failed run on top
@@ -103,7 +110,7 @@ def test_groups_by_overrides_without_seed_and_matches_hand_computed_stats(sweep)
         f_mean, f_std, _ = by_hand(lambda s, d=density: 3 * d, density)
         assert cells["flops.train_relative_to_dense"] == f"{f_mean:.4f} ± {f_std:.4f}"
     assert text.splitlines()[0] == "common: experiment=rigl_digits"
-    assert "not included: 1 failed, 1 running" in text
+    assert "not included: 1 failed, 1 interrupted" in text  # "running", but no process holds it
 
 
 def test_csv_and_plots(sweep):
@@ -264,3 +271,62 @@ def test_runs_that_disagree_on_the_report_get_the_default_table(study, capsys):
     _, text = aggregate(load_runs(study), None, None)
     assert "| arm | n | test/acc | cl.avg_acc | cl.forgetting |" in text
     assert "different `report` settings" in capsys.readouterr().err
+
+
+# -- points of the sweep without a completed result ---------------------------------------------------
+SWEEP_ARGS = ["+experiment=rigl_digits", "sparsity.density=0.05,0.1,0.2,0.3", "seed=0,1,2", "sweep_name=dens"]
+
+
+def write_multirun_yaml(sweep, task, sweeper="hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+    from omegaconf import OmegaConf
+
+    OmegaConf.save({"hydra": {"sweeper": {"_target_": sweeper}, "overrides": {"task": task}}}, sweep / "multirun.yaml")
+
+
+def test_every_point_of_the_sweep_without_a_completed_result_is_listed_by_status(sweep):
+    write_multirun_yaml(sweep, SWEEP_ARGS)
+    planned = planned_points(sweep)
+    assert len(planned) == 12
+    unfinished = dict(unfinished_points(planned, load_runs(sweep)))
+    assert unfinished == {
+        "+experiment=rigl_digits seed=2 sparsity.density=0.1": NOT_STARTED,
+        "+experiment=rigl_digits seed=0 sparsity.density=0.2": "failed",
+        "+experiment=rigl_digits seed=1 sparsity.density=0.2": "interrupted",
+        "+experiment=rigl_digits seed=2 sparsity.density=0.2": NOT_STARTED,
+        "+experiment=rigl_digits seed=0 sparsity.density=0.3": NOT_STARTED,
+        "+experiment=rigl_digits seed=1 sparsity.density=0.3": NOT_STARTED,
+        "+experiment=rigl_digits seed=2 sparsity.density=0.3": NOT_STARTED,
+    }
+    _, text = aggregate(load_runs(sweep), "test/acc", None, planned=planned)
+    assert "7 of 12 sweep points have no completed result:" in text
+    assert "  failed: +experiment=rigl_digits seed=0 sparsity.density=0.2" in text.splitlines()
+
+
+def test_points_are_not_listed_where_the_sweeper_samples_them(sweep):
+    write_multirun_yaml(
+        sweep, ["hparams_search=optuna"], "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    )
+    assert planned_points(sweep) is None
+
+
+def test_strict_exits_1_while_a_point_has_no_completed_result(sweep, tmp_path):
+    write_multirun_yaml(sweep, SWEEP_ARGS)
+    cmd = [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep), "--out", str(tmp_path / "agg")]
+    relaxed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert relaxed.returncode == 0 and "7 of 12 sweep points have no completed result" in relaxed.stdout
+    strict = subprocess.run([*cmd, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "--strict: 7 sweep point(s) without a completed result" in strict.stderr
+    write_multirun_yaml(sweep, ["+experiment=rigl_digits", "sparsity.density=0.05", "seed=0,1,2"])
+    done = subprocess.run([*cmd, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "no completed result" not in done.stdout
+
+
+def test_a_running_status_counts_as_running_only_while_its_process_holds_the_run(sweep):
+    from sparseforge.utils.run_lock import RunLock
+
+    lock = RunLock.acquire(sweep / "d0.2-s1")
+    try:
+        assert {r.run_dir.rsplit("/", 1)[1]: r.status for r in load_runs(sweep)}["d0.2-s1"] == "running"
+    finally:
+        lock.release()
+    assert {r.run_dir.rsplit("/", 1)[1]: r.status for r in load_runs(sweep)}["d0.2-s1"] == "interrupted"

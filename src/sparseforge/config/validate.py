@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.config.report import Report
 from sparseforge.errors import ConfigError
+
+NONFINITE_LOSS = ("error", "allow")
+
+
+def check_run_name(name) -> None:
+    """A run name names a folder under outputs/ (sub-folders allowed); ``..`` would leave it."""
+    if name is not None and ".." in PurePath(str(name)).parts:
+        raise ConfigError("run_name", f"{name!r} leaves the outputs folder", "a name without '..' parts")
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    epochs = trainer.get("max_epochs")
+    if epochs is None or epochs >= 1:
+        return
+    if epochs == -1 and (trainer.get("max_steps") or -1) > 0:
+        return  # Lightning's "no epoch limit", bounded by max_steps
+    raise ConfigError(
+        "trainer.max_epochs",
+        f"must be null (every task's epochs) or >= 1, got {epochs}",
+        "null, >= 1, or -1 with trainer.max_steps > 0",
+    )
 
 
 def missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -45,3 +67,12 @@ def validate(cfg: DictConfig) -> None:
     threads = cfg.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("torch_threads", f"must be null or a positive integer, got {threads!r}")
+    check_run_name(cfg.get("run_name"))
+    if cfg.data.get("num_workers", 0) < 0:
+        raise ConfigError(
+            "data.num_workers", f"must be >= 0, got {cfg.data.num_workers}", "0 (load in the main process) or more"
+        )
+    if cfg.get("trainer") is not None:
+        _check_trainer(cfg.trainer)
+    if cfg.get("nonfinite_loss", "error") not in NONFINITE_LOSS:
+        raise ConfigError("nonfinite_loss", f"unknown value {cfg.nonfinite_loss!r}", ", ".join(NONFINITE_LOSS))

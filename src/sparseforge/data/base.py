@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from sparseforge.data.transforms import stack_per_image, to_pil
-from sparseforge.errors import ConfigError, DataNotFoundError
+from sparseforge.errors import ConfigError, DataCorruptError, DataNotFoundError
 
 DATA_DIR_ENV = "SPARSEFORGE_DATA_DIR"
 
@@ -139,7 +139,7 @@ class ImageDataset:
             existed = set(self.root.iterdir()) if self.root.is_dir() else None
             try:
                 self._cache[train] = self._load(train)
-            except DataNotFoundError:
+            except (DataNotFoundError, DataCorruptError):
                 self._remove_empty_new_folders(existed)
                 raise
             except (RuntimeError, FileNotFoundError, OSError) as exc:

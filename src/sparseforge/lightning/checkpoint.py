@@ -80,8 +80,11 @@ class ResumeCheckpoint(ModelCheckpoint):
             return bool(trainer.strategy.reduce_boolean_decision(self._requeue_requested, all=False))
         return self._requeue_requested
 
-    def _run_requeue(self) -> None:
+    def _run_requeue(self, trainer: pl.Trainer) -> None:
         requeue, self._requeue = self._requeue, None  # once: a later signal on another rank is moot
+        commit_now = getattr(trainer.strategy.checkpoint_io, "commit_now", None)
+        if commit_now is not None:  # last.ckpt in place now: the job ends soon after the requeue
+            commit_now()
         requeue()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
@@ -98,15 +101,15 @@ class ResumeCheckpoint(ModelCheckpoint):
             self._last_global_step_saved = trainer.global_step
             self._last_step_save = time.monotonic()
         if requeue:
-            self._run_requeue()
+            self._run_requeue(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not epoch_cut_short(trainer):
             super().on_train_epoch_end(trainer, pl_module)
         if self._requeue_due(trainer):
-            self._run_requeue()
+            self._run_requeue(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self._requeue_due(trainer):  # a signal after the last step: nothing left to save
-            self._run_requeue()
+            self._run_requeue(trainer)

@@ -59,6 +59,7 @@ class ContinualLoop(pl.Callback):
         self._fit_seconds_before = 0.0  # fit time of earlier processes of this run (resumes)
         self._fit_started: float | None = None
         self._active_task: int | None = None  # in memory only: which task this process has begun
+        self._train_ended = False  # whether on_train_end ran in this fit
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -135,7 +136,17 @@ class ContinualLoop(pl.Callback):
             result = self._evaluate(trainer, pl_module, dm.tasks[: t + 1])
             pl_module.log("val/avg_acc", sum(result["class_il"]) / (t + 1), rank_zero_only=True)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._train_ended = False
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # A run resumed from its final checkpoint (killed after training, before its summary)
+        # trains nothing, and Lightning then skips on_train_end: the matrix is reported here.
+        if not self._train_ended and trainer.is_global_zero and self.completed_tasks:
+            self._report_matrix(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._train_ended = True
         # A run cut short (max_steps, fast_dev_run, batch limits) still reports the task it was in.
         if self._active_task is not None and self._active_task >= self.completed_tasks:
             self.partial_last_task = True

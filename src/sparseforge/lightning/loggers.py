@@ -1,18 +1,17 @@
-"""Loggers: W&B that never prompts, never hangs and resumes the same run after a restart; a CSV log that survives a resume."""
+"""Loggers: W&B that never prompts, never hangs and resumes the same run after a restart.
+
+The CSV log that survives a resume and a kill is in ``csv_log.py``.
+"""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from sparseforge.errors import ConfigError
 
@@ -85,61 +84,6 @@ class WandbLogger(_LightningWandbLogger):
             resume="allow",
             **kwargs,
         )
-
-
-class _ResumableWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv at start; this one keeps the rows
-    logged before ``keep_before_step`` (the resumed checkpoint's step) and rewrites the file at
-    the first save, so a resumed run appends to its history and a fresh one replaces it."""
-
-    keep_before_step = 0
-
-    def _check_log_dir_exists(self) -> None:
-        self._previous_rows: list[dict[str, str]] | None = None
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self._previous_rows = list(csv.DictReader(file))
-
-    def save(self) -> None:
-        if self._previous_rows is not None and self.metrics:
-            kept = [r for r in self._previous_rows if r.get("step") and int(float(r["step"])) < self.keep_before_step]
-            self._fs.rm_file(self.metrics_file_path)
-            self.metrics = kept + self.metrics
-            self._previous_rows = None
-        super().save()
-
-
-class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger whose metrics.csv survives a resume (``ckpt_path=auto``)."""
-
-    _keep_before_step = 0
-
-    def keep_rows_before(self, step: int) -> None:
-        """Resuming at global step ``step``: keep the rows logged before it."""
-        self._keep_before_step = int(step)
-        if self._experiment is not None:
-            self._experiment.keep_before_step = self._keep_before_step
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(log_dir=self.log_dir)
-            self._experiment.keep_before_step = self._keep_before_step
-        return self._experiment
-
-
-def continue_logs_from(loggers, ckpt_path: str | None) -> None:
-    """Tell the CSV loggers where a resumed run picks up (the checkpoint's global step)."""
-    csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
-    if not ckpt_path or not csv_loggers:
-        return
-    import torch
-
-    step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0)
-    for lg in csv_loggers:
-        lg.keep_rows_before(step)
 
 
 def finish_wandb(exit_code: int = 0) -> None:

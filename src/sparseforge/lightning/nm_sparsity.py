@@ -36,6 +36,7 @@ from sparseforge.sparsity.nm.flops import forward_density, hardware_2to4_density
 from sparseforge.sparsity.nm.schedule import NMSchedule
 from sparseforge.sparsity.nm.sparsifier import NMSparsifier, dense_weight
 from sparseforge.sparsity.targets import prunable_layers
+from sparseforge.utils.io import replacing
 
 log = logging.getLogger("sparseforge")
 
@@ -266,13 +267,23 @@ class NMSparsityCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         self.sparsifier.verify()  # exact N:M counts, and (under DDP) the same masks on every rank
         self.ranks_checked = trainer.world_size
+        self._export(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # A run resumed from its final checkpoint (killed after training, before its summary) has
+        # nothing left to train, and Lightning then skips on_train_end: verify and export here.
+        if self.ranks_checked == 0 and trainer.world_size == 1:
+            self.on_train_end(trainer, pl_module)
+
+    def _export(self, trainer: pl.Trainer) -> None:
         if not self.export or not trainer.is_global_zero:
             return
         model = self.sparsifier.model
         path = Path(trainer.default_root_dir) / "nm_export.pt"
         meta = {"target": self.schedule.pattern, "mode": self.schedule.mode, "position": self.sparsifier.position()}
         state = export_state(model, meta)
-        torch.save(state, path)
+        with replacing(path) as file:
+            torch.save(state, file)
         backend = default_backend()
         layers = {name: self.sparsifier.layers[name] for name in state["masks"]}
         eligibility = {

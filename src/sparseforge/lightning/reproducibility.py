@@ -1,15 +1,16 @@
-"""Checkpoint pieces that make resume exact: RNG states and atomic checkpoint files."""
+"""RNG states in every checkpoint, so that a resumed run draws what the uninterrupted one drew.
+
+(Atomic checkpoint files: ``checkpoint_io.py``.)
+"""
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -54,18 +55,3 @@ class RNGStateCallback(pl.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file and renames it into place.
-
-    A job killed while writing then leaves the previous ``last.ckpt`` intact instead of a
-    truncated file that would make the resume fail.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)

@@ -100,7 +100,9 @@ class SparsityCallback(pl.Callback):
             sp.execution.check_device()
             for optimizer in trainer.optimizers:
                 sp.execution.attach_optimizer(optimizer)
-        if trainer.is_global_zero:
+        # A resumed run reported its layers when it started; logging them again here (before the
+        # loops are restored, so at step 0) would add a row to the CSV log at the resume point.
+        if trainer.is_global_zero and trainer.ckpt_path is None:
             self._report_layers(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

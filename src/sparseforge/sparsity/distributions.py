@@ -147,14 +147,15 @@ def _counts(
     # erk_plus whose fixed classifier leaves more than its other layers can hold): then the rounded
     # sum of the targets is the total.
     planned = sum(min(densities[n], 1.0) * sizes[n] for n in sizes)
-    total = math.floor(budget + 0.5) if abs(planned - budget) < 0.5 else None
+    total = math.floor(budget + 0.5) if abs(planned - budget) <= 1e-6 * max(1.0, budget) else None  # float error only
     return apportion(sizes, densities, total)
 
 
 def smallest_workable_density(
     shapes: Mapping[str, Shape], distribution: str, erk_power_scale: float = 1.0, fc_density: float | None = None
-) -> float:
-    """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight.
+) -> float | None:
+    """The smallest density (rounded up to 4 significant digits) that leaves every layer a weight;
+    None where no density does (a plus distribution's fixed classifier density is too low for it).
 
     Defined on the real-valued targets (every layer's ``d_l * N_l >= 1``), not on the rounded
     counts: the targets grow monotonically with the density, so every density from here up works.
@@ -171,15 +172,17 @@ def smallest_workable_density(
             return False
         return all(min(real[n], 1.0) * sizes[n] >= 1 for n in shapes)
 
+    if not works(1.0):
+        return None
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if works(mid) else (mid, hi)
     digits = 3 - math.floor(math.log10(hi))
     shown = math.ceil(hi * 10**digits) / 10**digits
-    while not works(shown):
+    while not works(shown) and shown < 1.0:
         shown += 10**-digits
-    return round(shown, digits)
+    return round(min(shown, 1.0), digits)
 
 
 def layer_nnz(
@@ -196,10 +199,13 @@ def layer_nnz(
     if empty:
         name = empty[0]
         smallest = smallest_workable_density(shapes, distribution, erk_power_scale, fc_density)
+        fix = (
+            f"density >= {smallest} for this model" if smallest is not None else f"a higher {config_prefix}.fc_density"
+        )
         raise ConfigError(
             f"{config_prefix}.density",
             f"{density} leaves layer {name!r} ({math.prod(shapes[name])} weights) with no weight under {distribution}",
-            f"density >= {smallest} for this model",
+            fix,
         )
     return counts
 

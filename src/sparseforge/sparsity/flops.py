@@ -6,6 +6,8 @@ Convention: FLOPs = 2 x multiply-accumulates (what FlopCounterMode reports), for
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -173,6 +175,10 @@ class FlopsAccountant:
             "samples_trained": self.samples_trained,
             "samples_forward_only": self.samples_forward_only,
             "samples_reference_only": self.samples_reference_only,
+            # the per-example FLOPs, so that a run resumed from its final checkpoint (nothing left to
+            # train, no forward to measure on) still reports them
+            "f_dense": self.f_dense,
+            "f_layer": dict(self.f_layer),
         }
 
     def load_state_dict(self, state) -> None:
@@ -182,6 +188,9 @@ class FlopsAccountant:
         self.samples_trained = int(state.get("samples_trained", 0))
         self.samples_forward_only = int(state.get("samples_forward_only", 0))
         self.samples_reference_only = int(state.get("samples_reference_only", 0))
+        if state.get("f_dense") is not None:
+            self.f_dense = float(state["f_dense"])
+            self.f_layer = {name: float(f) for name, f in state["f_layer"].items()}
 
 
 class LayerFlopsMeter:
@@ -254,9 +263,10 @@ class LayerFlopsMeter:
         for hook in self._hooks:
             hook.remove()
 
-    def state_dict(self) -> dict[str, float]:
-        return {"train_total": self.train_total, "dense_total": self.dense_total}
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_total": self.train_total, "dense_total": self.dense_total, "f_layer": dict(self.f_layer)}
 
     def load_state_dict(self, state) -> None:
         self.train_total = float(state["train_total"])
         self.dense_total = float(state["dense_total"])
+        self.f_layer.update({name: float(f) for name, f in state.get("f_layer", {}).items()})

@@ -263,9 +263,13 @@ class MaskSet:
                     f"(of {mask.numel()})"
                 )
             if weights and name not in self.compressed:  # a compressed layer has no pruned entries to hold
-                stray = int(self.weight(name).detach().ne(0).logical_and_(~mask).count_nonzero())
+                weight = self.weight(name).detach()
+                stray = int(weight.ne(0).logical_and_(~mask).count_nonzero())
                 if stray:
-                    raise MaskInvariantError(f"layer {name!r}: {stray} pruned weights are not zero")
+                    # masking multiplies by 0, and NaN x 0 is NaN: name divergence as the cause
+                    diverged = int(weight.isfinite().logical_not_().logical_and_(~mask).count_nonzero())
+                    why = f" ({diverged} NaN or infinite: the weights diverged)" if diverged else ""
+                    raise MaskInvariantError(f"layer {name!r}: {stray} pruned weights are not zero{why}")
 
     def fingerprint(self) -> torch.Tensor:
         """One int64 per layer that differs between (almost all) different masks: for cross-rank checks."""

@@ -297,7 +297,7 @@ class Sparsifier:
         return out
 
     def inference_relative_to_dense(self) -> float | None:
-        if self.flops is None or self.flops._example is None:
+        if self.flops is None or (self.flops._example is None and self.flops.f_dense is None):
             return None
         self.flops.measure()
         return self.flops.forward_flops(self.layer_densities()) / self.flops.f_dense if self.flops.f_dense else None

@@ -9,7 +9,11 @@ the table, writes ``aggregate.csv`` (per group), ``runs.csv`` (per run), ``table
 (accuracy vs density, accuracy vs training FLOPs, CL metrics) next to it. Needs no W&B;
 ``--wandb entity/project`` reads runs from W&B instead when it is online.
 
-Only runs whose status is "completed" count; the others are listed by status.
+Only runs whose status is "completed" count; the others are listed by status (a run whose summary
+still says "running" while no process holds its directory reads as "interrupted"). Where the
+sweep's multirun.yaml says which points it has (Hydra's basic sweeper), every point without a
+completed result is listed, including points that never started (e.g. refused at start);
+``--strict`` then exits 1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from sparseforge.config.points import NOT_PART_OF_POINT, SEED_KEY, override_key,
 from sparseforge.config.report import Report
 from sparseforge.errors import SparseforgeError
 from sparseforge.sweeps.tables import markdown_table, paired_table, row_labels, shown_values, varying_keys
+from sparseforge.utils.run_lock import effective_status
+
+NOT_STARTED = "not started (no summary.json: never ran, or refused at start)"
 
 # summary.json sections flattened into "<section>.<key>" columns (numbers only, one level)
 SECTIONS = ("sparsity", "flops", "cl", "replay")
@@ -50,6 +57,7 @@ class RunRecord:
     status: str
     point: dict[str, str]  # override key -> value, seed and non-result keys left out
     values: dict[str, float]
+    identity: tuple[str, ...] = ()  # the point's overrides, seed included (matches multirun.yaml)
     seed: Any = None
     report: dict[str, Any] | None = None  # the run's config node `report` (a study's table)
 
@@ -118,16 +126,17 @@ def load_runs(sweep_dir: str | Path, ignore: Iterable[str] = ()) -> list[RunReco
             continue
         overrides = _read_overrides(path.parent)
         if overrides is None:  # not started by Hydra: the run is its own group
-            point = {"run": path.parent.name}
+            point, identity = {"run": path.parent.name}, ()
         else:
-            point = point_of(overrides, ignore)
+            point, identity = point_of(overrides, ignore), tuple(point_overrides(overrides))
         config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
         records.append(
             RunRecord(
                 str(path.parent),
-                str(summary.get("status", "unknown")),
+                effective_status(path.parent, summary) or "unknown",
                 point,
                 flat_values(summary),
+                identity,
                 seed=summary.get("seed"),
                 report=config.get("report"),
             )
@@ -161,6 +170,47 @@ def sweep_order(sweep_dir: str | Path) -> dict[str, list[str]]:
                 continue
         return order
     return {}
+
+
+def planned_points(sweep_dir: str | Path) -> list[list[str]] | None:
+    """The points of a multirun, from its multirun.yaml (Hydra's own expansion of the sweep), or
+    None where they are not known: no multirun.yaml, or a sweeper that samples them (Optuna)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    from sparseforge.sweeps.plan import expand
+
+    saved = OmegaConf.load(path)
+    sweeper = str(OmegaConf.select(saved, "hydra.sweeper._target_") or "")
+    if sweeper and not sweeper.endswith("BasicSweeper"):
+        return None
+    try:
+        return expand([str(o) for o in OmegaConf.select(saved, "hydra.overrides.task") or []])
+    except SparseforgeError as exc:
+        print(f"warning: cannot list the points of {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def unfinished_points(planned: list[list[str]], records: list[RunRecord]) -> list[tuple[str, str]]:
+    """(point, status) of every planned point without a completed run, in the sweep's order."""
+    statuses: dict[tuple[str, ...], list[str]] = {}
+    for record in records:
+        statuses.setdefault(record.identity, []).append(record.status)
+    unfinished = []
+    for overrides in planned:
+        identity = tuple(point_overrides(overrides))
+        found = statuses.get(identity, [])
+        if "completed" not in found:
+            unfinished.append((" ".join(identity) or "(no overrides)", found[0] if found else NOT_STARTED))
+    return unfinished
+
+
+def unfinished_text(unfinished: list[tuple[str, str]], n_planned: int) -> str:
+    lines = [f"{len(unfinished)} of {n_planned} sweep points have no completed result:"]
+    lines += [f"  {status}: {point}" for point, status in sorted(unfinished, key=lambda u: u[1])]
+    return "\n".join(lines)
 
 
 def _sort_value(value: str) -> tuple:
@@ -360,13 +410,17 @@ def aggregate(
     order: dict[str, list[str]] | None = None,
     report: Report | None = None,
     columns: Iterable[str] = (),
+    planned: list[list[str]] | None = None,
 ) -> tuple[list[Group], str]:
     """The table (and, with ``out_dir``, the files) of ``records``. The report is ``report``, else
-    the runs' own (a study's); ``metric`` replaces its metric and ``columns`` its columns."""
+    the runs' own (a study's); ``metric`` replaces its metric and ``columns`` its columns.
+    ``planned``: the sweep's points, to list those without a completed result."""
     statuses = Counter(r.status for r in records)
     completed = [r for r in records if r.status == "completed"]
+    unfinished = unfinished_text(unfinished_points(planned, records), len(planned)) if planned else ""
     if not completed:
-        raise AggregateError(f"no completed runs ({dict(statuses) or 'no summary.json found'})")
+        detail = f"; {unfinished}" if unfinished else ""
+        raise AggregateError(f"no completed runs ({dict(statuses) or 'no summary.json found'}){detail}")
     report = report or runs_report(completed)
     if metric is not None:
         report = dataclasses.replace(report, metric=metric)
@@ -382,6 +436,8 @@ def aggregate(
     others = {s: n for s, n in statuses.items() if s != "completed"}
     if others:
         text += "\n\nnot included: " + ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
+    if unfinished and unfinished_points(planned, records):
+        text += "\n\n" + unfinished
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(groups, out_dir / "aggregate.csv")
@@ -414,7 +470,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B (online only) instead")
     parser.add_argument("--group", help="with --wandb: only this W&B group (the sweep name)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless every point of the sweep has a completed result (e.g. before publishing a table)",
+    )
     args = parser.parse_args(argv)
+    planned = None
     try:
         order = None
         if args.wandb:
@@ -422,11 +484,12 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(args.out) if args.out else None
         elif args.sweep_dir:
             records = load_runs(args.sweep_dir, args.ignore)
+            planned = planned_points(args.sweep_dir)
             out = Path(args.out) if args.out else Path(args.sweep_dir) / "aggregate"
             order = sweep_order(args.sweep_dir)
         else:
             raise AggregateError("give a sweep directory (or --wandb ENTITY/PROJECT)")
-        _, text = aggregate(records, args.metric, out, args.digits, order, columns=args.column)
+        _, text = aggregate(records, args.metric, out, args.digits, order, columns=args.column, planned=planned)
         reported = {c for r in records for c in r.values}
         for column in args.column:
             if column not in reported:  # shown empty; most likely a typo
@@ -437,6 +500,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     print(text)
+    incomplete = unfinished_points(planned, records) if planned else [r for r in records if r.status != "completed"]
+    if args.strict and incomplete:
+        print(f"error: --strict: {len(incomplete)} sweep point(s) without a completed result", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.config.points import completed_summary
@@ -27,6 +28,14 @@ from sparseforge.errors import ConfigError, SparseforgeError
 
 class SweepError(SparseforgeError):
     """A sweep that cannot be expanded or has a point that would fail at start."""
+
+
+class SweepPointFailed(CompactHydraException):
+    """One point of a local multirun failed at start (a config error found only when it ran).
+
+    The launcher records it as the point's result and runs the other points; at the end the sweep
+    exits 1 and Hydra prints this one line instead of a traceback.
+    """
 
 
 @dataclass

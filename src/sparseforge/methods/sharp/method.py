@@ -269,6 +269,7 @@ class Sharp(ContinualMethod):
                 grown["training"] += counts["grown_into_training"]
                 grown["idle"] += counts["grown"] - counts["grown_into_training"]
         world = trainer.world_size  # every rank counts its own share of the examples
+        self.flops.densities = learner.densities()  # also after a resume that had nothing left to train
         flops = {
             "convention": "per layer, for the examples that pass through it (see LayerFlopsMeter)",
             "train_total": self.flops.train_total * world,
