@@ -123,6 +123,9 @@ def test_a_new_rule_with_one_setting_needs_only_its_class_and_registration():
         (["method=sparcl", "sparsity=static"], "static"),  # ... which the command line still overrides
         (["sparsity=static", "method=sparcl"], "static"),
         (["method=sharp"], "dense"),  # SHARP keeps masks of its own
+        (["method=packnet"], "dense"),  # ... and so does PackNet
+        (["method=gdumb"], "dense"),  # GDumb needs masks that never change: dense by default ...
+        (["method=gdumb", "sparsity=static"], "static"),  # ... or static
         (["method=er"], "rigl"),
     ],
 )

@@ -120,3 +120,14 @@ def test_isolated_rng_draws_depend_on_the_key_only_and_leave_the_global_streams_
     torch.manual_seed(before + 1)
     with isolated_rng(*key):
         assert draws() == first  # whatever ran before
+
+
+def test_a_transform_list_that_mirrors_images_is_recognised():
+    import torchvision.transforms as T
+
+    from sparseforge.data.transforms import RandomCropFlip, flips_horizontally
+
+    assert flips_horizontally([RandomCropFlip(padding=4, hflip=True)])
+    assert not flips_horizontally([RandomCropFlip(padding=4)]) and not flips_horizontally(None)
+    assert flips_horizontally([T.Compose([T.RandomResizedCrop(8), T.RandomHorizontalFlip()]), T.PILToTensor()])
+    assert not flips_horizontally([T.Compose([T.RandomResizedCrop(8)]), T.PILToTensor()])

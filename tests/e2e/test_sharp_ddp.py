@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from tests.helpers.cl import assert_same_state
 from tests.helpers.cli import run_cli
 from tests.helpers.fake_data import write_mnist_like
 
@@ -19,21 +20,6 @@ class DumpSharpState(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         state = {"sharp": pl_module.learner.state_dict(), "weights": pl_module.model.state_dict()}
         torch.save(state, f"{trainer.default_root_dir}/sharp_rank{trainer.global_rank}.pt")
-
-
-def _same(a, b, where="state"):
-    if torch.is_tensor(a):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.mark.ddp
@@ -53,7 +39,7 @@ def test_sharp_state_is_identical_on_every_rank(tmp_path, data_dir):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(run_dir / f"sharp_rank{r}.pt", weights_only=True) for r in (0, 1)]
-    _same(ranks[0], ranks[1])
+    assert_same_state(ranks[0], ranks[1], "state")
     assert ranks[0]["sharp"]["position"] == {"episode": 2, "phase": 2}
     assert ranks[0]["sharp"]["stm"]["labels"] == [4, 5]  # the last task's classes
     summary = json.loads((run_dir / "summary.json").read_text())

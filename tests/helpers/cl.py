@@ -110,3 +110,32 @@ def cl_dst_dump():
             torch.save(state, f"{trainer.default_root_dir}/cl_dst_rank{trainer.global_rank}.pt")
 
     return CLDSTDump()
+
+
+def method_state_dump():
+    """A callback that saves every rank's method state at the end (checks DDP consistency)."""
+    import lightning.pytorch as pl
+
+    class MethodStateDump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            path = f"{trainer.default_root_dir}/method_state_rank{trainer.global_rank}.pt"
+            weights = {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()}
+            torch.save({"method_state": pl_module.method_state(), "weights": weights}, path)
+
+    return MethodStateDump()
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Nested dicts/lists of tensors and plain values, equal exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where

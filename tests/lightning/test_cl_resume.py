@@ -42,6 +42,10 @@ def assert_same_run(a: Path, b: Path) -> None:
         (["method=derpp", "method.buffer_size=200"], 4),  # inside task 1 (epochs 3, 4, 5)
         (["method=er", "method.buffer_policy=class_balanced", "method.buffer_size=150"], 6),  # at a task boundary
         (["method=joint"], 5),
+        # at the start of task 1's retraining epoch: the pruning there runs in the resumed process
+        (["method=packnet", "scenario=task_il"], 5),
+        # at task 2's start: GDumb's retraining of task 1 and the buffer come back with the checkpoint
+        (["method=gdumb", "method.buffer_size=100", "method.fitting_epochs=3"], 6),
         # the default sparse run: masks and the RigL schedule must come back too
         (["method=derpp", "method.buffer_size=200", "sparsity=rigl", "sparsity.delta_t=3"], 7),
     ],
@@ -88,6 +92,26 @@ MID_EPOCH = {
                          "scenario.n_tasks=5", "scenario.epochs_per_task=2", "method.phase_epochs=1",
                          "method.max_phases=2", "trainer.max_epochs=4", "print_config=false",
                          "trainer.enable_progress_bar=false", f"paths.data_dir={d}"], 10),
+    # The baselines: 5 tasks x 3 epochs of 9 batches (task 1 = epochs 3-5, steps 28-54); step 32
+    # is batch 5 of task 1's first epoch, where each method already holds the state of task 0:
+    # the Fisher and anchor (EWC), the importance and a running path integral (SI), the frozen
+    # previous model (LwF, iCaRL), herded exemplars (iCaRL), the episodic memory (A-GEM), the
+    # buffer of stream batches (GDumb's steps are empty but counted).
+    **{
+        name: (lambda d, extra=extra: [*QUIET, *extra, "scenario.epochs_per_task=3", "model.dropout=0.2", "seed=5"], 32)
+        for name, extra in {
+            "ewc_on": ["method=ewc_on", "optimizer.momentum=0", "optimizer.lr=0.03"],
+            "si": ["method=si", "optimizer.momentum=0"],
+            "lwf": ["method=lwf"],
+            "icarl": ["method=icarl", "method.buffer_size=100"],
+            "agem": ["method=agem", "method.buffer_size=100", "method.minibatch_size=32"],
+            "gdumb": ["method=gdumb", "method.buffer_size=100", "method.fitting_epochs=3"],
+        }.items()
+    },
+    # task-IL; each task's third epoch retrains after the pruning at its start: step 48 is batch 3
+    # of task 1's retraining epoch, after its pruning (which must not run again on resume)
+    "packnet": (lambda d: [*QUIET, "method=packnet", "scenario=task_il", "scenario.epochs_per_task=3",
+                           "model.dropout=0.2", "seed=5"], 48),
     # iid, 4 epochs of 8 batches: SdGf's structure stages change inside epochs
     "nm_sdgf": (lambda d: [*QUIET[1:], "dataset=mnist", f"paths.data_dir={d}", "model=mlp",
                            "model.hidden_sizes=[64,32]", "scenario=iid", "method=finetune",

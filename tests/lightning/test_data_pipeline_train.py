@@ -198,3 +198,13 @@ def test_a_broken_transform_is_one_line_before_any_work(tmp_path, transform, say
     message = str(err.value)
     assert message.startswith("config error: dataset.train_transform:") and says in message and "\n" not in message
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("method", ["icarl", "agem", "ewc_on"])
+def test_baselines_that_read_training_examples_run_on_a_disk_backed_dataset(tmp_path, method):
+    root = fake_data.write_image_folder(tmp_path / "images")
+    overrides = [o for o in image_folder(root, f"method={method}") if method != "ewc_on" or "buffer_size" not in o]
+    with one_thread():
+        train(compose_config(overrides, output_dir=tmp_path / "run"))
+    s = summary(tmp_path / "run")
+    assert s["status"] == "completed" and s["cl"]["completed_tasks"] == 2

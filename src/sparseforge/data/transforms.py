@@ -162,3 +162,15 @@ def mix_batch(mix: Callable, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
         x, y = torch.cat([x, x[-1:]]), torch.cat([y, y[-1:]])
     x, target = mix(x, y)
     return x[:n], target[:n]
+
+
+def flips_horizontally(transforms: Iterable[Any] | None) -> bool:
+    """Whether a transform list mirrors images at random: a ``RandomCropFlip`` with ``hflip``, or a
+    per-image horizontal flip (torchvision's ``RandomHorizontalFlip``, also inside a ``Compose``,
+    as timm's ``create_transform`` builds). iCaRL averages class means over mirrored views then."""
+    for transform in transforms or ():
+        if getattr(transform, "hflip", False) is True or type(transform).__name__ == "RandomHorizontalFlip":
+            return True
+        if flips_horizontally(getattr(transform, "transforms", None)):
+            return True
+    return False

@@ -57,7 +57,9 @@ class SparsityCallback(pl.Callback):
     # -- pre-flight: the model-dependent checks, run by train.build() before anything trains ---------
     def preflight(self, method: pl.LightningModule) -> None:
         o = self.options
-        check_sparsity_contract(method, sparse=not o.is_dense)
+        check_sparsity_contract(
+            method, sparse=not o.is_dense, changes_topology=rule_class(o.update_rule).changes_topology
+        )
         if o.is_dense:
             return
         o.layer_nnz(o.sparse_layers(method.model))
@@ -269,10 +271,17 @@ def find_sparsifier(trainer: pl.Trainer) -> Sparsifier | None:
     return None
 
 
-def check_sparsity_contract(method: pl.LightningModule, sparse: bool) -> None:
+def check_sparsity_contract(method: pl.LightningModule, sparse: bool, changes_topology: bool = True) -> None:
     """One config error when the method and the ``sparsity`` group cannot run together."""
     needs = getattr(method, "sparsity_masks", "any")
     name = getattr(method, "name", type(method).__name__)
+    if needs == "fixed" and sparse and changes_topology:
+        raise ConfigError(
+            "sparsity",
+            f"method={name} takes no gradient step on the stream, so masks that change during training "
+            "would never be updated; it needs masks that stay fixed",
+            "sparsity=dense or sparsity=static",
+        )
     if needs == "own" and sparse:
         raise ConfigError(
             "sparsity", f"method={name} keeps masks of its own; a sparsity rule cannot run beside it", "sparsity=dense"

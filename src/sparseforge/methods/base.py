@@ -8,7 +8,7 @@ Avalanche's before/after hooks):
 - ``training_indices(task, tasks)``: which training examples this task trains on;
 - ``predict_scores(x)``: class scores used for evaluation (default: the model's logits);
 - ``evaluate_task_context(task)``: a context manager the task loop enters while it scores one
-  task's test data (default: none). A method with one subnetwork per task (CL-with-DST) puts
+  task's test data (default: none). A method with one subnetwork per task (CL-with-DST, PackNet) puts
   that task's weights into the model there and restores the training state on exit;
 - ``Options``: the method's settings, one dataclass next to it (extend the parent's); the
   constructor builds ``self.options`` from its keyword arguments, unknown keys are errors, and
@@ -22,8 +22,10 @@ What a method needs from the sparsity engine, it declares; the Lightning glue re
 declaration and hands the engine over, so a method never imports the glue:
 
 - ``sparsity_masks``: ``"any"`` (any ``sparsity=`` group), ``"engine"`` (builds on the engine's
-  masks, e.g. SparCL: a sparse group is required) or ``"own"`` (keeps masks of its own, e.g.
-  SHARP: ``sparsity=dense`` is required). A wrong pairing is one config error before any work;
+  masks, e.g. SparCL: a sparse group is required), ``"own"`` (keeps masks of its own, e.g.
+  SHARP, PackNet: ``sparsity=dense`` is required) or ``"fixed"`` (the engine's masks, which must
+  never change: dense or a static rule, e.g. GDumb, which takes no gradient step on the stream).
+  A wrong pairing is one config error before any work;
 - ``gradient_policy()``: an object the run's ``Sparsifier`` calls around every optimizer step
   (SparCL's dynamic gradient masking), or None;
 - ``attach_sparsifier(sparsifier)``: receives the run's ``Sparsifier`` (``self.sparsifier``)
@@ -85,7 +87,7 @@ class ContinualMethod(pl.LightningModule):
     name: ClassVar[str] = "base"
     #: Whether task-IL evaluation (logits masked per task) is meaningful for this method.
     supports_task_il: ClassVar[bool] = True
-    #: How the method relates to the sparsity engine's masks: "any" | "engine" | "own" (see above).
+    #: How the method relates to the sparsity engine's masks: "any" | "engine" | "own" | "fixed" (see above).
     sparsity_masks: ClassVar[str] = "any"
     #: Defaults of the generated config schema that point at other config keys.
     config_wiring: ClassVar[dict[str, str]] = {"seed": "${seed}"}

@@ -55,3 +55,26 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks, in place (statistics every rank computed on its own shard)."""
+    if world_size() == 1:
+        return tensor
+    buffer = tensor.to(comm_device())
+    dist.all_reduce(buffer)
+    if buffer is not tensor:
+        tensor.copy_(buffer)
+    return tensor
+
+
+@torch.no_grad()
+def broadcast_(tensors) -> None:
+    """Rank 0's values of ``tensors`` on every rank, in place (state a method computed on every rank
+    from the global RNG, which need not agree across ranks)."""
+    if world_size() == 1:
+        return
+    for tensor in tensors:
+        buffer = tensor.detach().to(comm_device()).contiguous()
+        dist.broadcast(buffer, src=0)
+        tensor.copy_(buffer)
