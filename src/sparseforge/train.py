@@ -90,6 +90,8 @@ def make(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, (TypeError, ValueError)):  # wrong or missing constructor arguments
             raise ConfigError(key, str(cause).splitlines()[0]) from None
+        if isinstance(cause, ImportError):  # an optional package (logger=tensorboard without tensorboard)
+            raise ConfigError(key, f"needs a package that is not installed: {str(cause).splitlines()[0]}") from None
         raise
 
 
@@ -164,8 +166,11 @@ def build(cfg: DictConfig) -> Run:
 
 
 def collect_summary(run: Run) -> dict[str, Any]:
-    """Merge the summary sections every callback and the method contribute."""
-    sections: dict[str, Any] = {"metrics": {}}
+    """Merge the summary sections every callback and the method contribute, and the run's peak
+    memory (host and GPU, ``utils/memory.py``)."""
+    from sparseforge.utils.memory import peak_memory
+
+    sections: dict[str, Any] = {"metrics": {}, "memory": peak_memory(run.extra.get("host_peak_reset", False))}
     for part in [*run.trainer.callbacks, run.method]:
         contribute = getattr(part, "summary_section", None)
         if contribute is None:
@@ -204,6 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from sparseforge.config.points import completed_summary
     from sparseforge.lightning.loggers import continue_logs_from, finish_wandb
     from sparseforge.utils.io import atomic_write_json
+    from sparseforge.utils.memory import reset_peak_memory
 
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
@@ -212,6 +218,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info(f"{run_dir} already completed: skipped (ckpt_path=null retrains it)")
         train.last_summary = finished
         return finished.get("metrics", {})
+    host_peak_reset = reset_peak_memory()  # the peaks in summary.json are this run's own
     try:
         run = build(cfg)
     except SparseforgeError:
@@ -235,6 +242,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
         raise
 
+    run.extra["host_peak_reset"] = host_peak_reset
     resolved = OmegaConf.to_container(cfg, resolve=True)
     summary: dict[str, Any] = {
         "status": "running",

@@ -8,7 +8,8 @@ classes arrive in the order 0, 1, 2, ... Here the class order can be any permuta
 method keeps the set of seen classes itself. With Mammoth's order the two agree, except that
 Mammoth also leaves the largest seen class unmasked in a batch that lacks it. The authors' code
 (pclucas14/AML) runs task-free: it masks from the first step and replays as soon as the buffer
-holds examples; Mammoth, followed here, starts both at the second task.
+holds examples; Mammoth, followed here, starts both at the second task. In a task-free stream
+(``scenario.online=true``) there is no second task to wait for, so both start as the authors' do.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class ERACE(ReplayMethod):
         self.seen_classes: torch.Tensor | None = None  # one bool per class, made on the first batch
 
     def observe(self, batch):
-        replaying = self.current_task > 0  # as Mammoth: neither masking nor replay on the first task
+        if self.task_boundaries_hidden:  # task-free, as the authors' code: from the first stored example
+            replaying = not self.buffer.is_empty
+        else:  # as Mammoth: neither masking nor replay on the first task
+            replaying = self.current_task > 0
         replayed = self.replay() if replaying else None
         logits, *replayed_logits = self.forward_batches(batch.x, *([replayed.x] if replaying else []))
         self.track_accuracy(logits, batch.y)
