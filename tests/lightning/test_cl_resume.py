@@ -83,6 +83,15 @@ MID_EPOCH = {
                          "scenario.n_tasks=5", "scenario.epochs_per_task=2", "method.phase_epochs=1",
                          "method.max_phases=2", "trainer.max_epochs=4", "print_config=false",
                          "trainer.enable_progress_bar=false", f"paths.data_dir={d}"], 10),
+    # Permuted MNIST, 3 tasks of 8 batches; step 12 is inside task 1: the per-task permutations,
+    # the buffer's task ids (each replayed example's view) and the confusion matrices must come back
+    "domain_il": (lambda d: ["+experiment=perm_mnist", *QUIET, f"paths.data_dir={d}", "dataset.download=false",
+                             "scenario.n_tasks=3", "data.batch_size=50", "method=derpp", "method.buffer_size=100",
+                             "model.dropout=0.2", "optimizer.lr=0.05", "optimizer.momentum=0.9", "seed=5"], 12),
+    # task-free (digits, 5 hidden tasks of 9 batches); step 12 is inside the second hidden task, where
+    # online ER-ACE already replays and masks, with the one optimizer that lives across the boundary
+    "online": (lambda d: [*QUIET, "scenario.online=true", "scenario.epochs_per_task=1", "method=er_ace",
+                          "method.buffer_size=150", "model.dropout=0.2", "seed=5"], 12),
     # iid, 4 epochs of 8 batches: SdGf's structure stages change inside epochs
     "nm_sdgf": (lambda d: [*QUIET[1:], "dataset=mnist", f"paths.data_dir={d}", "model=mlp",
                            "model.hidden_sizes=[64,32]", "scenario=iid", "method=finetune",
