@@ -548,8 +548,8 @@ def main() -> None:
         assert (summary(ref) or {}).get("status") == "completed", proc.stderr.read()
         print(f"reference: {time.monotonic() - t0:.1f} s, of which {train_seconds:.1f} s after start-up", flush=True)
 
-        for spec in kill_trials(args.kills, rng):
-            kill_trial(work, ref, spec, train_seconds, report)
+        for i, spec in enumerate(kill_trials(args.kills, rng)):
+            kill_trial(work / f"kill{i:02d}", ref, spec, train_seconds, report)  # a folder per trial
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal_trial(work, ref, signum, report)
         disk_full_trial(work, ref, report)

@@ -88,6 +88,8 @@ def make(node: DictConfig, key: str, **kwargs: Any) -> Any:
         # wrong or missing constructor arguments; values Lightning's constructors refuse
         if isinstance(cause, (TypeError, ValueError, MisconfigurationException)):
             raise ConfigError(key, str(cause).splitlines()[0]) from None
+        if isinstance(cause, ImportError):  # an optional package (logger=tensorboard without tensorboard)
+            raise ConfigError(key, f"needs a package that is not installed: {str(cause).splitlines()[0]}") from None
         raise
 
 
@@ -139,6 +141,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     method = make(
         cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, optimizer_groups=groups
     )
+    method.check_stream(datamodule)  # online stream, task-IL, soft targets: no data needed
 
     callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback(), NonFiniteLossGuard(cfg.nonfinite_loss)]
     if cfg.sparsity.get("_target_"):
@@ -185,8 +188,11 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
 
 
 def collect_summary(run: Run) -> dict[str, Any]:
-    """Merge the summary sections every callback and the method contribute."""
-    sections: dict[str, Any] = {"metrics": {}}
+    """Merge the summary sections every callback and the method contribute, and the run's peak
+    memory (host and GPU, ``utils/memory.py``)."""
+    from sparseforge.utils.memory import peak_memory
+
+    sections: dict[str, Any] = {"metrics": {}, "memory": peak_memory(run.extra.get("host_peak_reset", False))}
     for part in [*run.trainer.callbacks, run.method]:
         contribute = getattr(part, "summary_section", None)
         if contribute is None:
@@ -220,6 +226,7 @@ def _remove_fresh_run_dir(run_dir: Path, stop_at: Path | None = None) -> None:
 def train(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) -> dict[str, float]:
     """Train from a composed config; write summary.json; return the final metrics."""
     from sparseforge.config.points import completed_summary
+    from sparseforge.utils.memory import reset_peak_memory
     from sparseforge.utils.run_lock import claim_run_dir
 
     start = time.time()
@@ -230,8 +237,9 @@ def train(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
         train.last_summary = finished
         return finished.get("metrics", {})
     lock = claim_run_dir(run_dir) if _is_rank_zero() else None  # RunInUseError: someone else's
+    host_peak_reset = reset_peak_memory()  # the peaks in summary.json are this run's own
     try:
-        return _train_in(run_dir, cfg, start, on_config_checked)
+        return _train_in(run_dir, cfg, start, on_config_checked, host_peak_reset)
     finally:
         if lock is not None:
             lock.release()
@@ -249,7 +257,9 @@ def _write_summary(run_dir: Path, summary: dict[str, Any], failure: BaseExceptio
         log.error(f"could not record status {summary['status']!r} in summary.json: {exc}")
 
 
-def _train_in(run_dir: Path, cfg: DictConfig, start: float, on_config_checked) -> dict[str, float]:
+def _train_in(
+    run_dir: Path, cfg: DictConfig, start: float, on_config_checked, host_peak_reset: bool
+) -> dict[str, float]:
     from sparseforge.errors import DiskFullError
     from sparseforge.lightning.csv_log import continue_logs_from
     from sparseforge.lightning.interrupts import exit_code_for, is_interruption
@@ -278,6 +288,7 @@ def _train_in(run_dir: Path, cfg: DictConfig, start: float, on_config_checked) -
             _write_summary(run_dir, failed, exc)
         raise
 
+    run.extra["host_peak_reset"] = host_peak_reset
     resolved = OmegaConf.to_container(cfg, resolve=True)
     summary: dict[str, Any] = {
         "status": "running",

@@ -39,6 +39,8 @@ def _primary_groups() -> set[str]:
 def _override_for(path: Path) -> str:
     rel = path.relative_to(CONFIGS)
     group, name = rel.parent.as_posix(), rel.stem
+    if rel.parts[0] == "best_args":  # best_args/<preset>/<method>.yaml is picked by that preset and method
+        return f"experiment={rel.parts[1]} method={name}"
     # Groups in the primary defaults list (and Hydra's own, hydra/*) are switched with group=x;
     # the others (experiment, anything new) are appended with +group=x.
     in_list = group in PRIMARY or group.split("/")[0] == "hydra"
@@ -80,7 +82,7 @@ def test_discovery_sees_the_groups_of_the_issue():
 
 @pytest.mark.parametrize("override", OPTIONS)
 def test_every_group_option_composes_and_resolves(override, tmp_path):
-    cfg = compose_config([override], output_dir=tmp_path / "run")
+    cfg = compose_config(override.split(" "), output_dir=tmp_path / "run")
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation must resolve
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
     assert resolved["dataset"]["_target_"] and resolved["model"]["_target_"]

@@ -36,7 +36,7 @@ def test_a_task_context_is_entered_around_each_tasks_scoring_and_left_after():
 
     score = lambda x: model(x.float().flatten(1))  # noqa: E731
 
-    def inputs(index, batch_size, device):
+    def inputs(index, batch_size, device, task=None):
         return (test.x[chunk].to(device) for chunk in index.split(batch_size))
 
     plain = evaluate_tasks(score, inputs, test.y, tasks, torch.device("cpu"))

@@ -97,3 +97,22 @@ def test_invariants(R):
     # forgetting is a mean of per-task drops bounded by one; Mammoth's variant is max(0, drop)
     assert -1.0 - 1e-12 <= f <= 1.0 + 1e-12
     assert metrics.forgetting(R, include_final_row=True) >= max(f, 0.0) - 1e-12
+
+
+# -- per class ---------------------------------------------------------------------------------------
+# Two tasks over 3 classes; rows = true class, columns = predicted class.
+TASK0 = [[3, 1, 0], [2, 2, 0], [0, 0, 0]]  # task 0 tests classes 0 and 1
+TASK1 = [[0, 0, 0], [0, 0, 0], [1, 0, 4]]  # task 1 tests class 2
+
+
+def test_the_confusion_after_a_task_sums_the_tasks_test_sets():
+    assert metrics.confusion_after_task([TASK0]) == TASK0
+    assert metrics.confusion_after_task([TASK0, TASK1]) == [[3, 1, 0], [2, 2, 0], [1, 0, 4]]
+    # blurry: task 1's test set already holds task 0's, so it alone is the confusion after task 1
+    nested = [[3, 1, 0], [2, 2, 0], [1, 0, 4]]
+    assert metrics.confusion_after_task([TASK0, nested], nested_test_sets=True) == nested
+
+
+def test_per_class_accuracy_is_the_diagonal_over_the_row():
+    assert metrics.per_class_accuracy(TASK0) == [pytest.approx(3 / 4), pytest.approx(2 / 4), None]
+    assert metrics.per_class_accuracy([[3, 1, 0], [2, 2, 0], [1, 0, 4]])[2] == pytest.approx(4 / 5)

@@ -36,6 +36,14 @@ def test_replay_buffer_is_identical_on_every_rank(tmp_path):
     assert ranks[0]["seen"] == s["replay"]["seen"] and stream <= ranks[0]["seen"] <= stream + 2
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert torch.equal(ckpt["method_state"]["buffer"]["x"], ranks[0]["x"])
+    # Each rank evaluates its share of the test split; the confusion matrices, summed over ranks,
+    # count every test example of digits (450) once and agree with the accuracy matrix.
+    cl = s["cl"]
+    confusion = cl["confusion_matrix"][-1]
+    assert sum(map(sum, confusion)) == 1797 - stream
+    for j, classes in enumerate(cl["task_classes"]):
+        correct, total = sum(confusion[c][c] for c in classes), sum(sum(confusion[c]) for c in classes)
+        assert cl["acc_matrix"][-1][j] == pytest.approx(correct / total)
 
 
 @pytest.mark.ddp
@@ -111,3 +119,38 @@ def test_cl_dst_keeps_identical_masks_and_weights_on_every_rank(tmp_path):
     R = s["cl"]["acc_matrix_task_il"]
     assert all(R[t][k] == R[k][k] for k in range(5) for t in range(k, 5))
     assert all(e["updates"] > 0 for e in s["cl_dst"]["updates"])
+
+
+def test_a_domain_il_stream_under_ddp(tmp_path, data_dir):
+    """Permuted MNIST on 2 ranks: both buffers hold the same examples with their task ids, and
+    every task's view of the test split is evaluated once over the ranks."""
+    from tests.helpers.fake_data import write_mnist_like
+
+    n_test = 100
+    write_mnist_like(data_dir, n_train=200, n_test=n_test)
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [
+            "+experiment=perm_mnist",
+            *QUIET,
+            "hardware=ddp_cpu",
+            f"paths.data_dir={data_dir}",
+            "dataset.download=false",
+            "scenario.n_tasks=2",
+            "data.batch_size=20",
+            "method=derpp",
+            "method.buffer_size=100",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.dump._target_=tests.helpers.cl.buffer_dump",
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(run_dir / f"buffer_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key in ("x", "y", "task", "logits", "valid"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert set(ranks[0]["task"][ranks[0]["valid"]].tolist()) == {0, 1}
+    cl = summary(run_dir)["cl"]
+    assert cl["scenario"] == "domain_il" and cl["completed_tasks"] == 2
+    assert sum(map(sum, cl["confusion_matrix"][0])) == n_test  # task 0's view
+    assert sum(map(sum, cl["confusion_matrix"][1])) == 2 * n_test  # both views, each once

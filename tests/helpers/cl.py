@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sparseforge.methods.base import ContinualMethod
+from sparseforge.methods.er import ER
 
 # Dense, quiet, no W&B: the CL tests pin sparsity=dense (the default run may be sparse).
 QUIET = ["sparsity=dense", "logger=none", "print_config=false", "trainer.enable_progress_bar=false"]
@@ -18,6 +19,39 @@ class ClassILOnly(ContinualMethod):
 
     name = "class_il_only"
     supports_task_il = False
+
+
+class BoundaryRecorder(ER):
+    """ER that records what it is told about task boundaries, into summary.json ("boundaries")."""
+
+    name = "boundary_recorder"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record = {"begin_task": [], "end_task": [], "current_task": set(), "optimizers": set()}
+
+    def begin_task(self, task):
+        super().begin_task(task)
+        self.record["begin_task"].append(task.id)
+
+    def end_task(self, task):
+        super().end_task(task)
+        self.record["end_task"].append(task.id)
+
+    def observe(self, batch):
+        self.record["current_task"].add(self.current_task)
+        self.record["optimizers"].add(id(self.optimizers().optimizer))
+        return super().observe(batch)
+
+    def summary_section(self, trainer):
+        r = self.record
+        boundaries = {
+            "begin_task": r["begin_task"],
+            "end_task": r["end_task"],
+            "current_task": sorted(r["current_task"]),
+            "distinct_optimizers": len(r["optimizers"]),
+        }
+        return {**super().summary_section(trainer), "boundaries": boundaries}
 
 
 def summary(run_dir: Path) -> dict:
@@ -139,3 +173,61 @@ def assert_same_state(a, b, where: str = "") -> None:
         assert torch.equal(a, b), where
     else:
         assert a == b, where
+
+
+def record_replayed_views(path: str):
+    """A callback that records the input every (task, image) was trained with and, at the end,
+    saves for every example in the replay buffer its replayed view (``augment`` of the stored raw
+    image with the stored task id), the view it was trained with, and another task's view of it."""
+    import lightning.pytorch as pl
+
+    class ReplayedViews(pl.Callback):
+        def __init__(self):
+            self.trained: dict[tuple[int, int], torch.Tensor] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            images, tasks = trainer.datamodule.locate(batch.index)
+            for k, (image, task) in enumerate(zip(images.tolist(), tasks.tolist(), strict=True)):
+                self.trained[(task, image)] = batch.x[k].detach().clone()
+
+        def on_train_end(self, trainer, pl_module):
+            dm, buffer = trainer.datamodule, pl_module.buffer
+            drawn = buffer.get(torch.nonzero(buffer.valid).flatten())
+            images = [int(torch.nonzero((dm.train_data.x == raw).flatten(1).all(1))[0]) for raw in drawn.raw]
+            other = (drawn.task + 1) % dm.n_tasks
+            torch.save(
+                {
+                    "task": drawn.task.cpu(),
+                    "replayed": dm.augment(drawn.raw, drawn.task).cpu(),
+                    "trained": torch.stack(
+                        [self.trained[(int(t), i)] for t, i in zip(drawn.task, images, strict=True)]
+                    ).cpu(),
+                    "other_task": dm.augment(drawn.raw, other).cpu(),
+                },
+                path,
+            )
+
+    return ReplayedViews()
+
+
+def count_replay_draws(path: str):
+    """A callback that counts the buffer draws a replay method made (non-empty ``replay()``
+    results) and writes the count to ``path`` at the end."""
+    import lightning.pytorch as pl
+
+    class CountReplayDraws(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.count, replay = 0, pl_module.replay
+
+            def counted():
+                drawn = replay()
+                self.count += drawn is not None
+                return drawn
+
+            pl_module.replay = counted
+
+        def on_train_end(self, trainer, pl_module):
+            with open(path, "w") as f:
+                f.write(str(self.count))
+
+    return CountReplayDraws()

@@ -112,6 +112,15 @@ MID_EPOCH = {
     # of task 1's retraining epoch, after its pruning (which must not run again on resume)
     "packnet": (lambda d: [*QUIET, "method=packnet", "scenario=task_il", "scenario.epochs_per_task=3",
                            "model.dropout=0.2", "seed=5"], 48),
+    # Permuted MNIST, 3 tasks of 8 batches; step 12 is inside task 1: the per-task permutations,
+    # the buffer's task ids (each replayed example's view) and the confusion matrices must come back
+    "domain_il": (lambda d: ["+experiment=perm_mnist", *QUIET, f"paths.data_dir={d}", "dataset.download=false",
+                             "scenario.n_tasks=3", "data.batch_size=50", "method=derpp", "method.buffer_size=100",
+                             "model.dropout=0.2", "optimizer.lr=0.05", "optimizer.momentum=0.9", "seed=5"], 12),
+    # task-free (digits, 5 hidden tasks of 9 batches); step 12 is inside the second hidden task, where
+    # online ER-ACE already replays and masks, with the one optimizer that lives across the boundary
+    "online": (lambda d: [*QUIET, "scenario.online=true", "scenario.epochs_per_task=1", "method=er_ace",
+                          "method.buffer_size=150", "model.dropout=0.2", "seed=5"], 12),
     # iid, 4 epochs of 8 batches: SdGf's structure stages change inside epochs
     "nm_sdgf": (lambda d: [*QUIET[1:], "dataset=mnist", f"paths.data_dir={d}", "model=mlp",
                            "model.hidden_sizes=[64,32]", "scenario=iid", "method=finetune",
@@ -123,11 +132,13 @@ MID_EPOCH = {
 
 
 def comparable(run_dir: Path) -> dict:
-    """summary.json without what legitimately differs between two processes (timings, paths)."""
+    """summary.json without what legitimately differs between two processes (timings, paths, and
+    the memory the process's caches hold: a rerun that trains nothing builds fewer of them)."""
     s = summary(run_dir)
+    runtime = {"eval_share", "mask_cache_bytes"}
     for key in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst"):
         if isinstance(s.get(key), dict):
-            s[key] = {k: v for k, v in s[key].items() if "seconds" not in k and k != "eval_share"}
+            s[key] = {k: v for k, v in s[key].items() if "seconds" not in k and k not in runtime}
     return {k: s.get(k) for k in ("cl", "flops", "sparcl", "sparsity", "replay", "metrics", "cl_dst")}
 
 

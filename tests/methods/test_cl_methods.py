@@ -223,6 +223,16 @@ def test_wandb_gets_task_axis_and_matrix_table(tmp_path):
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["after_task", *[f"task_{j}" for j in range(5)]]
     assert [row[1:] for row in table["data"]] == s["cl"]["acc_matrix"]
+    # the confusion matrix after every task, one table each, and the per-class accuracies at the end
+    confusions = [json.loads(p.read_text()) for p in offline.glob("files/media/table/cl/confusion_matrix_*.table.json")]
+    assert len(confusions) == 5
+    assert all(c["columns"] == ["true_class", *[f"predicted_{k}" for k in range(10)]] for c in confusions)
+    logged = sorted(json.dumps([row[1:] for row in c["data"]]) for c in confusions)
+    assert logged == sorted(json.dumps(m) for m in s["cl"]["confusion_matrix"])
+    (per_class,) = [json.loads(p.read_text()) for p in offline.glob("files/media/table/cl/per_class_acc_*.table.json")]
+    assert [row[1:] for row in per_class["data"]] == s["cl"]["per_class_acc"]
+    for image in ("acc_matrix_heatmap", "per_class_acc_heatmap", "confusion_matrix_heatmap"):
+        assert list(offline.glob(f"files/media/images/cl/{image}_*.png")), f"{image} was not logged"
 
 
 def test_bad_inputs_fail_at_start_naming_the_key(tmp_path):

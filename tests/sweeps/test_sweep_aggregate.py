@@ -289,17 +289,17 @@ def test_every_point_of_the_sweep_without_a_completed_result_is_listed_by_status
     assert len(planned) == 12
     unfinished = dict(unfinished_points(planned, load_runs(sweep)))
     assert unfinished == {
-        "+experiment=rigl_digits seed=2 sparsity.density=0.1": NOT_STARTED,
-        "+experiment=rigl_digits seed=0 sparsity.density=0.2": "failed",
-        "+experiment=rigl_digits seed=1 sparsity.density=0.2": "interrupted",
-        "+experiment=rigl_digits seed=2 sparsity.density=0.2": NOT_STARTED,
-        "+experiment=rigl_digits seed=0 sparsity.density=0.3": NOT_STARTED,
-        "+experiment=rigl_digits seed=1 sparsity.density=0.3": NOT_STARTED,
-        "+experiment=rigl_digits seed=2 sparsity.density=0.3": NOT_STARTED,
+        "experiment=rigl_digits seed=2 sparsity.density=0.1": NOT_STARTED,
+        "experiment=rigl_digits seed=0 sparsity.density=0.2": "failed",
+        "experiment=rigl_digits seed=1 sparsity.density=0.2": "interrupted",
+        "experiment=rigl_digits seed=2 sparsity.density=0.2": NOT_STARTED,
+        "experiment=rigl_digits seed=0 sparsity.density=0.3": NOT_STARTED,
+        "experiment=rigl_digits seed=1 sparsity.density=0.3": NOT_STARTED,
+        "experiment=rigl_digits seed=2 sparsity.density=0.3": NOT_STARTED,
     }
     _, text = aggregate(load_runs(sweep), "test/acc", None, planned=planned)
     assert "7 of 12 sweep points have no completed result:" in text
-    assert "  failed: +experiment=rigl_digits seed=0 sparsity.density=0.2" in text.splitlines()
+    assert "  failed: experiment=rigl_digits seed=0 sparsity.density=0.2" in text.splitlines()
 
 
 def test_points_are_not_listed_where_the_sweeper_samples_them(sweep):

@@ -107,6 +107,7 @@ class DataConfig:
 class IIDScenarioConfig:
     _target_: str = "sparseforge.continual.scenarios.IID"
     epochs_per_task: int = 1
+    online: bool = False  # task-free: one pass, boundaries hidden from the method (docs/continual.md)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class ClassILScenarioConfig:
     task_sizes: Optional[List[int]] = None
     train_per_task: Optional[int] = None  # null: every training example; N: a class-balanced subset per task
     subset_seed: int = 0  # seeds that subset (not the run seed: every run trains on the same examples)
+    online: bool = False
 
 
 @dataclass
@@ -134,6 +136,18 @@ class BlurryScenarioConfig:
     p_sample: float = 1.0
     epochs_per_task: int = 1
     order_seed: Optional[int] = None
+    online: bool = False
+
+
+@dataclass
+class DomainILScenarioConfig:
+    _target_: str = "sparseforge.continual.scenarios.DomainIncremental"
+    n_tasks: int = 20
+    epochs_per_task: int = 1
+    # A partial of a sparseforge.data.task_transforms.TaskTransform (n_tasks, image_shape, seed added)
+    task_transform: Optional[Any] = None
+    transform_seed: Optional[int] = None  # null: the run seed
+    online: bool = False
 
 
 @dataclass
@@ -273,6 +287,7 @@ def register_schemas() -> None:
         ("scenario", "class_il", ClassILScenarioConfig),
         ("scenario", "task_il", TaskILScenarioConfig),
         ("scenario", "blurry", BlurryScenarioConfig),
+        ("scenario", "domain_il", DomainILScenarioConfig),
         ("task_loop", "default", TaskLoopConfig),
         ("trainer", "default", TrainerConfig),
     ]:

@@ -12,6 +12,10 @@
 - BWT: mean over tasks ``j < T`` of ``R[T][j] - R[j][j]``;
 - FWT: mean over tasks ``j >= 1`` of ``R[j-1][j] - b[j]``, with ``b`` the accuracy of the model at
   initialisation; needs the optional evaluation of the next task (``forward_transfer``).
+
+Beside R, per class: the confusion matrix of the class-IL predictions on the test examples
+evaluated after a task (``confusion_after_task``) and the accuracy on each class
+(``per_class_accuracy``).
 """
 
 from __future__ import annotations
@@ -58,3 +62,24 @@ def forward_transfer(R: Matrix, baseline: Sequence[float | None]) -> float | Non
         R[j - 1][j] - baseline[j] for j in range(1, last + 1) if R[j - 1][j] is not None and baseline[j] is not None
     ]
     return sum(values) / len(values) if values else None
+
+
+# -- per class ------------------------------------------------------------------------------------
+Confusion = Sequence[Sequence[int]]  # C x C counts: row = true class, column = predicted class
+
+
+def confusion_after_task(per_task: Sequence[Confusion], nested_test_sets: bool = False) -> list[list[int]]:
+    """The confusion matrix after a task from the confusion matrices of the tasks evaluated then
+    (``per_task[j]``: task ``j``'s test set, ``j`` up to the task just trained): their sum, each
+    task's test set counted once (in a domain-incremental stream, each task's view of the test
+    split). When each test set contains the earlier ones (blurry), the last one alone."""
+    if not per_task:
+        raise ValueError("no task was evaluated")
+    if nested_test_sets:
+        return [list(row) for row in per_task[-1]]
+    return [[sum(m[i][j] for m in per_task) for j in range(len(per_task[0][i]))] for i in range(len(per_task[0]))]
+
+
+def per_class_accuracy(confusion: Confusion) -> list[float | None]:
+    """Accuracy on each true class (diagonal over row sum); None for a class with no test example."""
+    return [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]

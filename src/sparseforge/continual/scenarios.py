@@ -1,14 +1,23 @@
-"""Continual-learning scenarios: how a dataset's classes are cut into a sequence of tasks.
+"""Continual-learning scenarios: how a dataset is cut into a sequence of tasks.
 
 A scenario is plain Python over label tensors. ``build`` returns one :class:`Task` per task with
-the indices of its training and test examples; the datamodule and the task loop only ever see
-that list. ``IID`` is the one-task scenario, so ordinary training and continual training share
-one code path.
+the ids of its training examples and the indices of its test examples; the datamodule and the
+task loop only ever see that list. ``IID`` is the one-task scenario, so ordinary training and
+continual training share one code path.
+
+A training id is the index of an image in the training split, except in a scenario with
+``views_per_task`` (domain-IL), where every task sees the whole split through a transform of its
+own: there id ``t * N + i`` is image ``i`` of the ``N`` seen through task ``t``'s transform, so the
+same image in two tasks is two examples of the stream (``split_training_ids``).
+
+``online=True`` (any scenario) makes the stream task-free: one pass over every task's data in
+order, and the task loop hides the boundaries from the method (no ``begin_task``/``end_task``, no
+fresh optimizer); the tasks still say where to evaluate, so the accuracy matrix exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +29,7 @@ from sparseforge.errors import ConfigError
 class Task:
     id: int
     classes: tuple[int, ...]  # classes whose examples this task trains on
-    train_index: torch.Tensor  # indices into the training split
+    train_index: torch.Tensor  # ids of its training examples (indices into the training split, see above)
     test_index: torch.Tensor  # indices into the test split, used to evaluate this task
 
 
@@ -29,19 +38,46 @@ class Scenario:
     #: Whether evaluation is given the task id (logits masked to the task's classes).
     task_incremental = False
     #: Whether task-IL accuracy means anything: tasks own disjoint classes and a task's test set
-    #: holds only its own classes. False for overlapping tasks (blurry).
+    #: holds only its own classes. False for overlapping tasks (blurry) and shared classes (domain-IL).
     has_task_il = True
+    #: Whether every task sees the whole training split through its own transform (domain-IL):
+    #: training ids are then ``task * N + image index`` (see the module docstring).
+    views_per_task = False
+    #: Whether each task's test set contains the earlier tasks' (blurry): the examples evaluated
+    #: after task t are then task t's test set, not the union of the tasks' sets.
+    nested_test_sets = False
 
-    def __init__(self, epochs_per_task: int = 1):
+    def __init__(self, epochs_per_task: int = 1, online: bool = False):
         if int(epochs_per_task) < 1:
             raise ConfigError("scenario.epochs_per_task", f"must be >= 1, got {epochs_per_task}")
+        if online and int(epochs_per_task) != 1:
+            raise ConfigError(
+                "scenario.epochs_per_task", f"an online stream is one pass over the data, got {epochs_per_task}", "1"
+            )
         self.epochs_per_task = int(epochs_per_task)
+        self.online = bool(online)
 
     def build(self, train_y: torch.Tensor, test_y: torch.Tensor, num_classes: int, seed: int) -> list[Task]:
         raise NotImplementedError
 
+    def task_transform(self, image_shape: Sequence[int], seed: int):
+        """The per-task input transform (a module ``(x, task) -> x``, see
+        ``sparseforge.data.task_transforms``), or None when every task sees the images as they are."""
+        return None
+
     def describe(self, tasks: Sequence[Task]) -> str:
-        return f"{self.name}: {len(tasks)} task(s) x {self.epochs_per_task} epoch(s)"
+        online = ", online" if self.online else ""
+        return f"{self.name}: {len(tasks)} task(s) x {self.epochs_per_task} epoch(s){online}"
+
+
+def split_training_ids(
+    ids: torch.Tensor, n_images: int, views_per_task: bool, task_of_image: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image index, task id) of training ids: ``(ids % N, ids // N)`` for a scenario with
+    ``views_per_task``, else ``(ids, task_of_image[ids])`` (the first task that trains on the image)."""
+    if views_per_task:
+        return ids % n_images, ids // n_images
+    return ids, task_of_image[ids]
 
 
 def _index_of_classes(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
@@ -82,8 +118,9 @@ class ClassIncremental(Scenario):
         task_sizes: Sequence[int] | None = None,
         train_per_task: int | None = None,
         subset_seed: int = 0,
+        online: bool = False,
     ):
-        super().__init__(epochs_per_task)
+        super().__init__(epochs_per_task, online)
         if int(n_tasks) < 1:
             raise ConfigError("scenario.n_tasks", f"must be >= 1, got {n_tasks}")
         if train_per_task is not None and int(train_per_task) < 1:
@@ -199,6 +236,7 @@ class Blurry(Scenario):
 
     name = "blurry"
     has_task_il = False
+    nested_test_sets = True
 
     def __init__(
         self,
@@ -207,8 +245,9 @@ class Blurry(Scenario):
         p_sample: float = 1.0,
         epochs_per_task: int = 1,
         order_seed: int | None = None,
+        online: bool = False,
     ):
-        super().__init__(epochs_per_task)
+        super().__init__(epochs_per_task, online)
         if int(class_per_episode) < 1:
             raise ConfigError("scenario.class_per_episode", f"must be >= 1, got {class_per_episode}")
         # p_novelty = 0 would never introduce the remaining classes: the stream would not end.
@@ -276,4 +315,56 @@ class Blurry(Scenario):
         return (
             f"blurry: {len(tasks)} episodes of {self.class_per_episode} classes "
             f"(p_novelty {self.p_novelty}, p_sample {self.p_sample}) x {self.epochs_per_task} epoch(s)"
+            + (", online" if self.online else "")
         )
+
+
+class DomainIncremental(Scenario):
+    """Domain-incremental: every task has every class and the whole split, seen through a fixed
+    transform of its own (Permuted MNIST, Rotated MNIST; Mammoth's ``domain-il`` setting). One head
+    over the classes, no task id at test time; task ``j`` is evaluated on the whole test split
+    through task ``j``'s transform.
+
+    ``task_transform`` is a partial of a ``sparseforge.data.task_transforms.TaskTransform``
+    completed with ``n_tasks``, ``image_shape`` and ``seed`` (``transform_seed``, or the run seed
+    when that is null), so the transform of every task is fixed by the seed.
+    """
+
+    name = "domain_il"
+    has_task_il = False  # every task has the same classes: task-IL accuracy is class-IL accuracy
+    views_per_task = True
+
+    def __init__(
+        self,
+        n_tasks: int = 20,
+        epochs_per_task: int = 1,
+        task_transform: Callable[..., object] | None = None,
+        transform_seed: int | None = None,
+        online: bool = False,
+    ):
+        super().__init__(epochs_per_task, online)
+        if int(n_tasks) < 1:
+            raise ConfigError("scenario.n_tasks", f"must be >= 1, got {n_tasks}")
+        if task_transform is None:
+            raise ConfigError(
+                "scenario.task_transform",
+                "a domain-incremental stream needs a transform per task",
+                "a partial of sparseforge.data.task_transforms.PixelPermutation or Rotation (+experiment=perm_mnist, rot_mnist)",
+            )
+        self.n_tasks = int(n_tasks)
+        self._task_transform = task_transform
+        self.transform_seed = transform_seed
+
+    def build(self, train_y, test_y, num_classes, seed):
+        n, classes, test = len(train_y), tuple(range(num_classes)), torch.arange(len(test_y))
+        return [Task(t, classes, t * n + torch.arange(n), test) for t in range(self.n_tasks)]
+
+    def task_transform(self, image_shape, seed):
+        seed = self.transform_seed if self.transform_seed is not None else seed
+        try:
+            return self._task_transform(n_tasks=self.n_tasks, image_shape=tuple(image_shape), seed=int(seed))
+        except TypeError as exc:
+            raise ConfigError("scenario.task_transform", str(exc).splitlines()[0]) from None
+
+    def describe(self, tasks: Sequence[Task]) -> str:
+        return f"domain_il: {len(tasks)} tasks x {self.epochs_per_task} epoch(s)" + (", online" if self.online else "")

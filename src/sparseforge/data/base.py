@@ -89,6 +89,8 @@ class ImageDataset:
     ``train_transform`` and ``eval_transform`` come from the config (see ``transforms.py`` for
     what they may be); ``image_size`` is the size of the raw views, fixed by the files for
     in-memory datasets (configs repeat it so that transforms can say ``${dataset.image_size}``).
+    ``normalize``: whether the inputs are normalised with ``mean`` and ``std`` (last, on the
+    device); false feeds the [0, 1] values, as Mammoth does for its MNIST-like datasets.
     """
 
     name: ClassVar[str]  # set by @register_dataset
@@ -108,6 +110,7 @@ class ImageDataset:
         image_size: int | None = None,
         train_transform: Any = None,
         eval_transform: Any = None,
+        normalize: bool = True,
     ):
         self.root = Path(root if root is not None else os.environ.get(DATA_DIR_ENV, "./data")).expanduser()
         self.download = download
@@ -120,6 +123,7 @@ class ImageDataset:
             )
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.normalize = bool(normalize)
         self._cache: dict[bool, ImageSplit] = {}
 
     # -- to implement -------------------------------------------------------------------------

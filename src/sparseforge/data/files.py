@@ -72,8 +72,11 @@ class ImageFilesDataset(ImageDataset):
         crop_fraction: float = 0.875,
         train_transform: Any = None,
         eval_transform: Any = None,
+        normalize: bool = True,
     ):
-        super().__init__(root, download=False, train_transform=train_transform, eval_transform=eval_transform)
+        super().__init__(
+            root, download=False, train_transform=train_transform, eval_transform=eval_transform, normalize=normalize
+        )
         self.image_size = int(image_size)
         self.crop_fraction = float(crop_fraction)
 

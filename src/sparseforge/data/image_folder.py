@@ -34,8 +34,9 @@ class ImageFolder(ImageFilesDataset):
         std=IMAGENET_STD,
         train_transform: Any = None,
         eval_transform: Any = None,
+        normalize: bool = True,
     ):
-        super().__init__(root, image_size, crop_fraction, train_transform, eval_transform)
+        super().__init__(root, image_size, crop_fraction, train_transform, eval_transform, normalize)
         self.train_split, self.test_split = str(train_split), str(test_split)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 

@@ -10,8 +10,9 @@ transforms applied in order (a list, so that a config overriding it replaces it 
   whole batch on the training device. An in-memory dataset with only these is the fast path:
   batches are slices, and buffer samples are stored as raw uint8 and re-augmented in one call.
 
-Normalisation with the dataset's statistics always runs last, on the device
-(:class:`DeviceTransform`). ``data.batch_transform`` then mixes a training batch and its labels
+Normalisation with the dataset's statistics runs last, on the device (:class:`DeviceTransform`;
+``dataset.normalize: false`` turns it off), after the per-task transform of a domain-incremental
+stream (``task_transforms.py``). ``data.batch_transform`` then mixes a training batch and its labels
 into soft targets (timm's ``Mixup``/CutMix), see :func:`mix_batch`.
 """
 
@@ -92,22 +93,47 @@ def split_transforms(transforms: Any, key: str) -> tuple[Callable | None, nn.Mod
 
 
 class DeviceTransform(nn.Module):
-    """uint8 (or [0, 1] float) N x C x H x W -> normalised float, on the device. Training batches
-    pass the batched training augmentation first, evaluation batches the batched evaluation one."""
+    """uint8 (or [0, 1] float) N x C x H x W -> model input, on the device, in this order:
 
-    def __init__(self, mean, std, augment: nn.Module | None = None, eval_augment: nn.Module | None = None):
+    1. the per-task transform of a domain-incremental stream (``task_transform``, given the task
+       id of every example; see ``task_transforms.py``);
+    2. the batched augmentation: the training one for training batches and replay draws, the
+       evaluation one for evaluation batches;
+    3. normalisation with the dataset's statistics, unless ``normalize`` is false
+       (``dataset.normalize``: Mammoth's MNIST-like datasets feed ``ToTensor``'s [0, 1] values).
+    """
+
+    def __init__(
+        self,
+        mean,
+        std,
+        augment: nn.Module | None = None,
+        eval_augment: nn.Module | None = None,
+        normalize: bool = True,
+        task_transform: nn.Module | None = None,
+    ):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.augment = augment
         self.eval_augment = eval_augment
+        self.normalize = bool(normalize)
+        self.task_transform = task_transform
 
-    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, train: bool, task: torch.Tensor | int | None = None) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
+        if self.task_transform is not None:
+            if task is None:
+                raise ValueError("this stream transforms every task differently: pass the task ids of the batch")
+            if isinstance(task, int):
+                task = torch.full((len(x),), task, dtype=torch.long, device=x.device)
+            x = self.task_transform(x, task)
         augment = self.augment if train else self.eval_augment
         if augment is not None:
             x = augment(x)
+        if not self.normalize:
+            return x
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x - mean) / std
 

@@ -14,8 +14,17 @@ its last checkpoint (an epoch boundary, or a step inside an epoch with
 ``callbacks.model_checkpoint.every_n_train_steps``) ends with the same accuracy matrix as an
 uninterrupted run.
 
-Logging: ``task`` is the W&B x-axis of every ``cl/*`` metric (``define_metric``); at the end R
-is logged as a W&B table and drawn as a heat map ``acc_matrix.png`` in the run directory.
+A task-free stream (``scenario.online=true``) keeps the boundaries from the method: neither
+``begin_task`` nor ``end_task`` is called and the optimizer is not renewed; the loop still
+evaluates at every (hidden) task end, so the accuracy matrix is the same kind of object.
+
+After each task the loop also keeps the confusion matrix of the class-IL predictions on the test
+examples evaluated then (``metrics.confusion_after_task``) and the accuracy per class.
+
+Logging: ``task`` is the W&B x-axis of every ``cl/*`` metric (``define_metric``); the confusion
+matrix goes to W&B as a table after every task; at the end R and the per-class accuracies are
+logged as W&B tables and drawn as heat maps in the run directory (``acc_matrix.png``,
+``per_class_acc.png``), with the last confusion matrix (``confusion_matrix.png``).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class ContinualLoop(pl.Callback):
         self.heatmap = heatmap
         self.acc: list[list[float | None]] = []  # class-IL accuracy matrix R[t][j]
         self.acc_task_il: list[list[float | None]] = []
+        self.confusion: list[list[list[int]] | None] = []  # per task: C x C counts after training it
         self.initial_acc: list[float] | None = None  # accuracy of the untrained model (FWT baseline)
         self.initial_acc_task_il: list[float] | None = None
         self.completed_tasks = 0
@@ -71,6 +81,7 @@ class ContinualLoop(pl.Callback):
         return {
             "acc": self.acc,
             "acc_task_il": self.acc_task_il,
+            "confusion": self.confusion,
             "initial_acc": self.initial_acc,
             "initial_acc_task_il": self.initial_acc_task_il,
             "completed_tasks": self.completed_tasks,
@@ -81,6 +92,7 @@ class ContinualLoop(pl.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.acc = state["acc"]
         self.acc_task_il = state["acc_task_il"]
+        self.confusion = state.get("confusion") or [None] * len(self.acc)
         self.initial_acc = state.get("initial_acc")
         self.initial_acc_task_il = state.get("initial_acc_task_il")
         self.completed_tasks = state["completed_tasks"]
@@ -95,6 +107,7 @@ class ContinualLoop(pl.Callback):
             n = dm.n_tasks
             self.acc = [[None] * n for _ in range(n)]
             self.acc_task_il = [[None] * n for _ in range(n)]
+            self.confusion = [None] * n
         if trainer.is_global_zero:
             for logger in _wandb_loggers(trainer):
                 logger.experiment.define_metric("task")
@@ -115,6 +128,8 @@ class ContinualLoop(pl.Callback):
         if self._active_task == t:
             return
         self._active_task = t
+        if dm.scenario.online:  # task-free: the method is not told that a task starts
+            return
         task = dm.tasks[t]
         if dm.epoch_in_task(trainer.current_epoch) == 0:
             pl_module.begin_task(task)
@@ -160,12 +175,15 @@ class ContinualLoop(pl.Callback):
     # -- internals ------------------------------------------------------------------------------------
     def _finish_task(self, trainer: pl.Trainer, pl_module, t: int, in_loop: bool = True) -> None:
         dm = trainer.datamodule
-        pl_module.end_task(dm.tasks[t])
+        if not dm.scenario.online:
+            pl_module.end_task(dm.tasks[t])
         upto = t + 2 if self.forward_transfer else t + 1
         result = self._evaluate(trainer, pl_module, dm.tasks[:upto])
         self.acc[t][: len(result["class_il"])] = result["class_il"]
         if dm.scenario.has_task_il:
             self.acc_task_il[t][: len(result["task_il"])] = result["task_il"]
+        # the tasks trained so far, not the next one that forward transfer also evaluates
+        self.confusion[t] = metrics.confusion_after_task(result["confusion"][: t + 1], dm.scenario.nested_test_sets)
         self.completed_tasks = t + 1
         self._log_task(trainer, pl_module, t, in_loop)
 
@@ -184,6 +202,7 @@ class ContinualLoop(pl.Callback):
                 batch_size=self.eval_batch_size,
                 limit_batches=self.eval_limit_batches,
                 task_context=getattr(pl_module, "evaluate_task_context", None),
+                num_classes=dm.dataset.num_classes,
             )
         pl_module.train(was_training)
         self.eval_seconds += time.perf_counter() - start
@@ -210,22 +229,57 @@ class ContinualLoop(pl.Callback):
         elif trainer.is_global_zero:  # on_train_end may not self.log: use the loggers
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)
+        if trainer.is_global_zero:
+            confusion = self.confusion[t]
+            columns = ["true_class", *[f"predicted_{c}" for c in range(len(confusion))]]
+            for logger in _wandb_loggers(trainer):
+                rows = [[c, *row] for c, row in enumerate(confusion)]
+                logger.log_table(key="cl/confusion_matrix", columns=columns, data=rows, step=trainer.global_step)
+
+    def per_class_acc(self, num_classes: int) -> list[list[float | None]]:
+        """Accuracy on each class after each completed task (None: no test example of it yet, or
+        a task finished by a version that kept no confusion matrix)."""
+        return [
+            [None] * num_classes if m is None else metrics.per_class_accuracy(m)
+            for m in self.confusion[: self.completed_tasks]
+        ]
 
     def _report_matrix(self, trainer: pl.Trainer) -> None:
-        n = len(self.acc)
-        rows = [[t, *self.acc[t]] for t in range(self.completed_tasks)]
+        n, done = len(self.acc), self.completed_tasks
+        rows = [[t, *self.acc[t]] for t in range(done)]
+        classes = trainer.datamodule.dataset.num_classes
+        per_class = self.per_class_acc(classes)
         for logger in _wandb_loggers(trainer):
             logger.log_table(key="cl/acc_matrix", columns=["after_task", *[f"task_{j}" for j in range(n)]], data=rows)
-        if self.heatmap:
-            from sparseforge.continual.plots import save_accuracy_heatmap
-
-            path = save_accuracy_heatmap(
-                self.acc[: self.completed_tasks],
-                Path(trainer.default_root_dir) / "acc_matrix.png",
-                title=f"{trainer.datamodule.scenario.name}: class-IL accuracy R[t][j]",
+            logger.log_table(
+                key="cl/per_class_acc",
+                columns=["after_task", *[f"class_{c}" for c in range(classes)]],
+                data=[[t, *row] for t, row in enumerate(per_class)],
             )
+        if self.heatmap:
+            from sparseforge.continual.plots import save_accuracy_heatmap, save_confusion_heatmap
+
+            run_dir, scenario = Path(trainer.default_root_dir), trainer.datamodule.scenario.name
+            images = {
+                "cl/acc_matrix_heatmap": save_accuracy_heatmap(
+                    self.acc[:done], run_dir / "acc_matrix.png", title=f"{scenario}: class-IL accuracy R[t][j]"
+                ),
+                "cl/per_class_acc_heatmap": save_accuracy_heatmap(
+                    per_class,
+                    run_dir / "per_class_acc.png",
+                    title=f"{scenario}: class-IL accuracy per class",
+                    xlabel="class",
+                ),
+            }
+            if self.confusion[done - 1] is not None:
+                images["cl/confusion_matrix_heatmap"] = save_confusion_heatmap(
+                    self.confusion[done - 1],
+                    run_dir / "confusion_matrix.png",
+                    title=f"{scenario}: confusion after task {done - 1}",
+                )
             for logger in _wandb_loggers(trainer):
-                logger.log_image(key="cl/acc_matrix_heatmap", images=[str(path)])
+                for key, path in images.items():
+                    logger.log_image(key=key, images=[str(path)])
 
     # -- results -------------------------------------------------------------------------------------
     def summary_section(self, trainer: pl.Trainer) -> dict[str, Any]:
@@ -241,6 +295,8 @@ class ContinualLoop(pl.Callback):
             "completed_tasks": self.completed_tasks,
             "partial_last_task": self.partial_last_task,
             "acc_matrix": R,
+            "per_class_acc": self.per_class_acc(dm.dataset.num_classes),
+            "confusion_matrix": self.confusion[: self.completed_tasks],
             "avg_acc": metrics.average_accuracy(R),
             "forgetting": metrics.forgetting(R),
             "forgetting_mammoth": metrics.forgetting(R, include_final_row=True),

@@ -11,6 +11,12 @@ normalised on the device. A per-image training transform, or a disk-backed split
 loader (its workers), image by image, and the device only normalises. ``batch_transform``
 (``data.batch_transform``, e.g. timm's Mixup) then mixes the current batch into soft targets.
 Replayed examples are re-augmented from their raw views by the same training transform.
+
+Training examples are addressed by their ids in the stream (``continual/scenarios.py``): the index
+of an image in the training split, or, in a domain-incremental stream, ``task * N + image``. The
+loader turns ids into images and task ids (``locate``); the task ids reach the device transform,
+which gives every example its own task's view (a per-task permutation or rotation) in training,
+in replay (the buffer stores each example's task id) and in evaluation (``eval_batches(task=j)``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from sparseforge.continual.scenarios import Scenario, Task
+from sparseforge.continual.scenarios import Scenario, Task, split_training_ids
 from sparseforge.data.base import ImageDataset, ImageSplit, ImageTensors
 from sparseforge.data.transforms import DeviceTransform, mix_batch, per_image_on_tensors, split_transforms
 from sparseforge.errors import ConfigError
@@ -33,23 +39,34 @@ class Batch(NamedTuple):
     x: torch.Tensor  # augmented (when training) and normalised float input
     y: torch.Tensor  # labels
     task: torch.Tensor  # task id of each example
-    index: torch.Tensor  # position in the training split (stable id, e.g. for forgetting statistics)
+    index: torch.Tensor  # the example's id in the stream (stable, e.g. for forgetting statistics; see above)
     raw: torch.Tensor  # the non-augmented uint8 input, for replay buffers
     target: torch.Tensor | None = None  # soft targets (N x C) when data.batch_transform mixed the batch
 
 
-class _IndexedImages(torch.utils.data.Dataset):
-    """Examples ``index`` of an in-memory split, fetched a whole batch at a time."""
+class _TrainingIds:
+    """Training ids -> (image index, task id): picklable, for the loader's workers."""
 
-    def __init__(self, data: ImageTensors, index: torch.Tensor, task_of_example: torch.Tensor):
-        self.data, self.index, self.task_of_example = data, index, task_of_example
+    def __init__(self, n_images: int, views_per_task: bool, task_of_image: torch.Tensor):
+        self.n_images, self.views_per_task, self.task_of_image = n_images, views_per_task, task_of_image
+
+    def __call__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_training_ids(ids, self.n_images, self.views_per_task, self.task_of_image)
+
+
+class _IndexedImages(torch.utils.data.Dataset):
+    """Training examples ``index`` (ids) of an in-memory split, fetched a whole batch at a time."""
+
+    def __init__(self, data: ImageTensors, index: torch.Tensor, locate: _TrainingIds):
+        self.data, self.index, self.locate = data, index, locate
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitems__(self, positions):
-        idx = self.index[torch.as_tensor(positions, dtype=torch.long)]
-        return self.data.x[idx], self.data.y[idx], self.task_of_example[idx], idx
+        ids = self.index[torch.as_tensor(positions, dtype=torch.long)]
+        images, task = self.locate(ids)
+        return self.data.x[images], self.data.y[images], task, ids
 
     def __getitem__(self, position):  # single-item access, for completeness
         return tuple(t[0] for t in self.__getitems__([position]))
@@ -63,15 +80,16 @@ class _TransformedImages(_IndexedImages):
     it depends neither on ``num_workers`` nor on a resume that skips batches before it.
     """
 
-    def __init__(self, data: ImageSplit, index, task_of_example, transform: Callable | None, seed: int):
-        super().__init__(data, index, task_of_example)
+    def __init__(self, data: ImageSplit, index, locate: _TrainingIds, transform: Callable | None, seed: int):
+        super().__init__(data, index, locate)
         self.transform, self.seed = transform, seed
 
     def __getitems__(self, positions):
-        idx = self.index[torch.as_tensor(positions, dtype=torch.long)]
+        ids = self.index[torch.as_tensor(positions, dtype=torch.long)]
+        images, task = self.locate(ids)
         with isolated_rng(self.seed, positions[0]):
-            raw, x = self.data.fetch(idx, self.transform)
-        batch = (raw, self.data.y[idx], self.task_of_example[idx], idx)
+            raw, x = self.data.fetch(images, self.transform)
+        batch = (raw, self.data.y[images], task, ids)
         return batch if x is None else (*batch, x)
 
 
@@ -189,13 +207,15 @@ class ContinualDataModule(pl.LightningDataModule):
         self.seed = seed
         self.train_per_image, train_batched = split_transforms(dataset.train_transform, "dataset.train_transform")
         self.eval_per_image, eval_batched = split_transforms(dataset.eval_transform, "dataset.eval_transform")
-        self.transform = DeviceTransform(dataset.mean, dataset.std, train_batched, eval_batched)
+        normalize = getattr(dataset, "normalize", True)
+        self.transform = DeviceTransform(dataset.mean, dataset.std, train_batched, eval_batched, normalize)
         # A partial completed with the number of classes in setup() (timm's Mixup needs it).
         self._batch_transform_factory = batch_transform
         self.batch_transform: Callable | None = None
         self.train_data: ImageSplit | None = None
         self.test_data: ImageSplit | None = None
         self.tasks: list[Task] = []
+        self._locate: _TrainingIds | None = None
 
     # -- data --------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -204,10 +224,14 @@ class ContinualDataModule(pl.LightningDataModule):
         self.train_data = self.dataset.load(train=True)
         self.test_data = self.dataset.load(train=False)
         self.tasks = self.scenario.build(self.train_data.y, self.test_data.y, self.dataset.num_classes, self.seed)
-        # The task of a training example is the first task that trains on it.
-        self._task_of_example = torch.full((len(self.train_data),), -1, dtype=torch.long)
-        for task in reversed(self.tasks):
-            self._task_of_example[task.train_index] = task.id
+        n_images, views = len(self.train_data), self.scenario.views_per_task
+        # Without per-task views, an image's task is the first task that trains on it.
+        task_of_image = torch.full((n_images,), -1, dtype=torch.long)
+        if not views:
+            for task in reversed(self.tasks):
+                task_of_image[task.train_index] = task.id
+        self._locate = _TrainingIds(n_images, views, task_of_image)
+        self.transform.task_transform = self.scenario.task_transform(self.train_data.raw_shape, self.seed)
         if self._batch_transform_factory is not None:
             try:
                 self.batch_transform = self._batch_transform_factory(num_classes=self.dataset.num_classes)
@@ -244,6 +268,15 @@ class ContinualDataModule(pl.LightningDataModule):
         return len(self.tasks)
 
     @property
+    def n_training_ids(self) -> int:
+        """How many distinct training ids the stream can have (ids are below this)."""
+        return len(self.train_data) * (self.n_tasks if self.scenario.views_per_task else 1)
+
+    def locate(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index in the training split, task id) of training ids."""
+        return self._locate(ids.cpu())
+
+    @property
     def total_epochs(self) -> int:
         return self.n_tasks * self.scenario.epochs_per_task
 
@@ -259,11 +292,9 @@ class ContinualDataModule(pl.LightningDataModule):
         # on the global torch RNG, which the augmentations use.
         order_seed = self.seed * 1_000_003 + epoch
         if isinstance(self.train_data, ImageTensors) and self.train_per_image is None:  # the fast path
-            examples = _IndexedImages(self.train_data, index, self._task_of_example)
+            examples = _IndexedImages(self.train_data, index, self._locate)
         else:
-            examples = _TransformedImages(
-                self.train_data, index, self._task_of_example, self.train_per_image, order_seed
-            )
+            examples = _TransformedImages(self.train_data, index, self._locate, self.train_per_image, order_seed)
         return ResumableLoader(
             examples,
             batch_size=self.batch_size,
@@ -283,13 +314,16 @@ class ContinualDataModule(pl.LightningDataModule):
         index = method.training_indices(task, self.tasks) if method is not None else task.train_index
         return self.train_loader_for(index, epoch)
 
-    def eval_batches(self, index: torch.Tensor, batch_size: int, device) -> Iterator[torch.Tensor]:
-        """The evaluation inputs of test examples ``index``, preprocessed on ``device``,
-        ``batch_size`` at a time and in order (for ``evaluate_tasks``)."""
+    def eval_batches(
+        self, index: torch.Tensor, batch_size: int, device, task: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The evaluation inputs of test examples ``index`` seen as task ``task`` sees them (its
+        per-task transform, if the stream has one), preprocessed on ``device``, ``batch_size`` at a
+        time and in order (for ``evaluate_tasks``)."""
         chunks = index.split(batch_size)
         if isinstance(self.test_data, ImageTensors) and self.eval_per_image is None:  # the fast path
             for chunk in chunks:
-                yield self.preprocess_eval(self.test_data.x[chunk].to(device, non_blocking=True))
+                yield self.preprocess_eval(self.test_data.x[chunk].to(device, non_blocking=True), task)
             return
         inputs = DataLoader(
             _EvalChunks(self.test_data, chunks, self.eval_per_image),
@@ -298,26 +332,28 @@ class ContinualDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
         )
         for x in inputs:
-            yield self.transform(x.to(device, non_blocking=True), train=False)
+            yield self.transform(x.to(device, non_blocking=True), train=False, task=task)
 
     # -- device-side transforms ------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         raw, y, task, index, *transformed = batch  # transformed: the per-image training view, if any
         training = self.trainer is not None and self.trainer.training
-        x = self.transform(transformed[0] if transformed else raw, train=training)
+        x = self.transform(transformed[0] if transformed else raw, train=training, task=task)
         if training and self.batch_transform is not None:
             x, target = mix_batch(self.batch_transform, x, y)
             return Batch(x, y, task, index, raw, target)
         return Batch(x, y, task, index, raw)
 
-    def preprocess_eval(self, raw: torch.Tensor) -> torch.Tensor:
-        """Evaluation view of raw uint8 inputs."""
+    def preprocess_eval(self, raw: torch.Tensor, task: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Evaluation view of raw uint8 inputs of task(s) ``task`` (needed by a stream with a
+        transform per task: one id for the batch, or one per example)."""
         if self.eval_per_image is not None:
             raw = per_image_on_tensors(self.eval_per_image, raw)
-        return self.transform(raw, train=False)
+        return self.transform(raw, train=False, task=task)
 
-    def augment(self, raw: torch.Tensor) -> torch.Tensor:
-        """Training-time view of raw uint8 inputs (used to re-augment replayed examples)."""
+    def augment(self, raw: torch.Tensor, task: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Training-time view of raw uint8 inputs of task(s) ``task`` (used to re-augment replayed
+        examples, with the task ids stored beside them)."""
         if self.train_per_image is not None:
             raw = per_image_on_tensors(self.train_per_image, raw)
-        return self.transform(raw, train=True)
+        return self.transform(raw, train=True, task=task)

@@ -13,8 +13,9 @@ Avalanche's before/after hooks):
 - ``Options``: the method's settings, one dataclass next to it (extend the parent's); the
   constructor builds ``self.options`` from its keyword arguments, unknown keys are errors, and
   the Hydra schema of ``configs/method/<name>.yaml`` is generated from it (``METHODS.register``);
-- ``check_setup(datamodule)``: pre-flight checks against the scenario and data, run by
-  ``train.build`` before anything is written (raise ``ConfigError``);
+- ``check_stream(datamodule)`` / ``check_setup(datamodule)``: pre-flight checks (raise
+  ``ConfigError``), run by ``train.build`` before anything is written: against the stream's
+  settings before any data is read, and against the loaded data after;
 - ``method_state()`` / ``load_method_state(state)``: extra state that must go into checkpoints
   (replay buffers, statistics). It is saved with every checkpoint and restored on resume.
 
@@ -38,6 +39,15 @@ batch carries soft targets (``training_target(batch)``: N x C) next to its hard 
 ``batch.y``. Methods whose loss is plain cross-entropy on the current batch take them
 (``supports_soft_targets``: finetune, joint, ER); the others refuse the combination before any
 work. Replay buffers always store the hard labels and the un-mixed raw inputs.
+
+Task boundaries: ``needs_task_boundaries`` says whether the method relies on being told where a
+task starts and ends (``begin_task``/``end_task``, the task id, a fresh optimizer per task). In a
+task-free stream (``scenario.online=true``) the task loop calls neither hook, ``current_task``
+stays 0 and the optimizer lives across the hidden boundaries, so such a method refuses the stream
+before any work, in one line. Set it to True on a method that consolidates, freezes, distils or
+retrains at a task's end or start (EWC, LwF, iCaRL, GDumb, PackNet; here SparCL, SHARP and joint);
+replay methods leave it False. ``task_boundaries_hidden`` tells a method that runs either way
+which kind of stream it is in (ER-ACE replays from the first step when boundaries are hidden).
 
 Per-step bookkeeping belongs in ``observe``/``training_step`` (or an optimizer-step hook), not in
 the module's ``on_train_batch_end``: Lightning calls that after the callbacks', and so after a
@@ -93,6 +103,9 @@ class ContinualMethod(pl.LightningModule):
     config_wiring: ClassVar[dict[str, str]] = {"seed": "${seed}"}
     #: Whether the loss accepts the soft targets of a batch transform (mixup; see above).
     supports_soft_targets: ClassVar[bool] = False
+    #: Whether the method must be told where tasks start and end (see above); such a method
+    #: refuses a task-free stream (scenario.online=true).
+    needs_task_boundaries: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -173,7 +186,18 @@ class ContinualMethod(pl.LightningModule):
     def evaluate_task_context(self, task: Task) -> AbstractContextManager:
         return nullcontext()
 
+    @property
+    def task_boundaries_hidden(self) -> bool:
+        """Whether this run's stream is task-free (``scenario.online=true``)."""
+        return bool(getattr(self.trainer.datamodule.scenario, "online", False))
+
     def check_setup(self, datamodule) -> None:
+        """Checks that need the loaded data (e.g. a buffer against the data): after the data loads."""
+
+    def check_stream(self, datamodule) -> None:
+        """Checks against the stream's settings (scenario, batch transform), before any data is read."""
+        if getattr(datamodule.scenario, "online", False):
+            self._check_online()
         if datamodule.scenario.task_incremental and not self.supports_task_il:
             raise ConfigError("method", f"{self.name} cannot be evaluated task-incrementally", "scenario=class_il")
         if getattr(datamodule, "batch_transform", None) is not None and not self.supports_soft_targets:
@@ -181,6 +205,21 @@ class ContinualMethod(pl.LightningModule):
                 "data.batch_transform",
                 f"method {self.name} trains on hard labels and cannot take the soft targets of a batch transform",
                 "null, or method=finetune, joint or er",
+            )
+
+    def _check_online(self) -> None:
+        if self.needs_task_boundaries:
+            task_free = [n for n, m in METHODS.items() if not getattr(m, "needs_task_boundaries", False)]
+            raise ConfigError(
+                "scenario.online",
+                f"method {self.name} needs task boundaries, which an online stream hides",
+                "scenario.online=false, or method=" + ", ".join(task_free),
+            )
+        if self.lr_scheduler_factory is not None and self.options.lr_scheduler_interval is SchedulerInterval.epoch:
+            raise ConfigError(
+                "method.lr_scheduler_interval",
+                "an online stream's epochs are its hidden tasks, so a scheduler cannot step per epoch",
+                "step",
             )
 
     def method_state(self) -> dict[str, Any]:

@@ -16,7 +16,11 @@ the original work's code in these two points:
 Mammoth takes "not seen yet" to be the ids at or above the largest id seen, which assumes the
 classes arrive in the order 0, 1, 2, ... Here the class order can be any permutation, so the
 method keeps the set of seen classes itself. With Mammoth's order the two agree, except that
-Mammoth also leaves the largest seen class unmasked in a batch that lacks it.
+Mammoth also leaves the largest seen class unmasked in a batch that lacks it. The authors' code
+(pclucas14/AML) runs task-free: it masks from the first step and replays as soon as the buffer
+holds examples; Mammoth, followed by default, starts both at the second task. ``task_free=true``,
+or a task-free stream (``scenario.online=true``, with no second task to wait for), starts both as
+the authors' code does.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class ERACE(ReplayMethod):
         self.seen_classes: torch.Tensor | None = None  # one bool per class, made on the first batch
 
     def observe(self, batch):
-        masking = self.current_task > 0 or self.options.task_free  # Mammoth: from task 1 unless task-free
+        masking = self.current_task > 0 or self.options.task_free or self.task_boundaries_hidden
         replayed = self.replay() if masking else None  # None while the buffer is empty
         logits, *replayed_logits = self.forward_batches(batch.x, *([replayed.x] if replayed is not None else []))
         self.track_accuracy(logits, batch.y)

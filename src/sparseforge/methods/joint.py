@@ -8,6 +8,7 @@ from sparseforge.methods.base import METHODS, ContinualMethod
 @METHODS.register("joint")
 class Joint(ContinualMethod):
     supports_soft_targets = True
+    needs_task_boundaries = True  # retrains on every earlier task at each task's start: not one pass
 
     def training_indices(self, task, tasks):
         # unique: in a blurry stream a class (and its images) recurs across tasks.

@@ -68,7 +68,8 @@ class ReplayMethod(ContinualMethod):
         drawn = self.buffer.sample(
             self.options.minibatch_size, rank=self.global_rank, world_size=self.trainer.world_size
         )
-        return ReplayBatch(self.datamodule.augment(drawn.raw), drawn.y, drawn.task, drawn.logits)
+        # Each example through its own task's transform (domain-IL) and the training augmentation.
+        return ReplayBatch(self.datamodule.augment(drawn.raw, drawn.task), drawn.y, drawn.task, drawn.logits)
 
     def remember(self, batch, logits: torch.Tensor | None = None) -> None:
         fields = [batch.raw, batch.y, batch.task] + ([logits.detach()] if self.store_logits else [])

@@ -104,6 +104,7 @@ class SparCLMixin:
     #: Buffer draws per training step of the base method (for the dense reference).
     replay_draws_per_step: ClassVar[int] = 1
     sparsity_masks = "engine"  # TDM and DGM act on the sparsity engine's masks
+    needs_task_boundaries = True  # TDM, DDR and the restricted CE work task by task
     supports_soft_targets = False  # DDR reads per-example outcomes against hard labels
 
     def __init__(self, *args, **kwargs):
@@ -155,7 +156,7 @@ class SparCLMixin:
         if self.data_removal is None:
             return index
         epoch_in_task = self.trainer.datamodule.epoch_in_task(self.trainer.current_epoch)
-        n_examples = len(self.trainer.datamodule.train_data)
+        n_examples = self.trainer.datamodule.n_training_ids
         return self.data_removal.indices(task.id, index, epoch_in_task, n_examples)
 
     def replay(self):
@@ -369,5 +370,6 @@ def SparCL(model, optimizer, lr_scheduler=None, optimizer_groups=None, **options
 
 
 SparCL.Options = SparCLConfigOptions
+SparCL.needs_task_boundaries = SparCLMixin.needs_task_boundaries
 SparCL.config_wiring = SparCLDERPP.config_wiring
 METHODS.register("sparcl")(SparCL)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparseforge.config.overrides import normalise_overrides
 from sparseforge.config.points import NOT_PART_OF_POINT, SEED_KEY, override_key, point_overrides
 from sparseforge.config.report import Report
 from sparseforge.errors import SparseforgeError
@@ -128,7 +129,7 @@ def load_runs(sweep_dir: str | Path, ignore: Iterable[str] = ()) -> list[RunReco
         if overrides is None:  # not started by Hydra: the run is its own group
             point, identity = {"run": path.parent.name}, ()
         else:
-            point, identity = point_of(overrides, ignore), tuple(point_overrides(overrides))
+            point, identity = point_of(overrides, ignore), tuple(point_overrides(normalise_overrides(overrides)))
         config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
         records.append(
             RunRecord(
@@ -200,7 +201,7 @@ def unfinished_points(planned: list[list[str]], records: list[RunRecord]) -> lis
         statuses.setdefault(record.identity, []).append(record.status)
     unfinished = []
     for overrides in planned:
-        identity = tuple(point_overrides(overrides))
+        identity = tuple(point_overrides(normalise_overrides(overrides)))  # +experiment= is experiment=
         found = statuses.get(identity, [])
         if "completed" not in found:
             unfinished.append((" ".join(identity) or "(no overrides)", found[0] if found else NOT_STARTED))

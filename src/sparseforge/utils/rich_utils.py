@@ -64,7 +64,14 @@ def print_results(summary: dict[str, Any]) -> None:
     table.add_row("wall time (s)", _fmt(summary.get("wall_time_s", 0.0)))
     console.print(table)
     matrix = cl.get("acc_matrix")
-    if matrix and len(matrix) > 1:
+    if matrix and len(matrix) > 12:  # too wide for a terminal: the final row, the rest is in the run directory
+        final = [v for v in matrix[cl.get("completed_tasks", len(matrix)) - 1] if v is not None]
+        console.print(
+            "accuracy per task after the last (class-IL): " + " ".join(f"{v:.3f}" for v in final),
+            soft_wrap=True,
+        )
+        console.print("the whole matrix R[t][j]: acc_matrix.png and summary.json in the run directory")
+    elif matrix and len(matrix) > 1:
         acc = Table(title="accuracy matrix R[t][j] (class-IL, after task t on task j)")
         acc.add_column("t")
         for j in range(len(matrix)):

@@ -49,6 +49,7 @@ class Predictor(str, Enum):
 @METHODS.register("sharp")
 class Sharp(ContinualMethod):
     sparsity_masks = "own"  # SHARP rewires masks of its own: the run's sparsity group must be dense
+    needs_task_boundaries = True  # episodes: unit selection, freezing and memories per task
 
     @dataclass
     class Options(LearnerOptions, ContinualMethod.Options):
@@ -94,6 +95,13 @@ class Sharp(ContinualMethod):
     def check_setup(self, datamodule) -> None:
         """Pre-flight (run by ``train.build``): every replayed class needs 2 samples per step."""
         super().check_setup(datamodule)
+        if datamodule.scenario.views_per_task and not self.learner.activation_replay:
+            raise ConfigError(
+                "method.replay_layer",
+                "raw-image replay keeps images without their task, so it cannot replay a domain-incremental "
+                "stream's per-task views",
+                "conv_early",
+            )
         m = self.learner.stm_num_tasks
         tasks = datamodule.tasks
         replayed = max(
@@ -141,7 +149,8 @@ class Sharp(ContinualMethod):
             return
         dm = self.trainer.datamodule
         index = self.learner.episode_samples(task_id, dm.tasks[task_id].train_index)[: self.learner.selection_samples]
-        inputs = dm.preprocess_eval(dm.train_data.raw(index).to(self.device))
+        images, tasks = dm.locate(index)
+        inputs = dm.preprocess_eval(dm.train_data.raw(images).to(self.device), tasks.to(self.device))
         entry = self.learner.start_phase(task_id, phase, inputs)
         self._sync_ranks()
         self.trainer.strategy.setup_optimizers(self.trainer)
@@ -159,7 +168,7 @@ class Sharp(ContinualMethod):
     def observe(self, batch) -> torch.Tensor:
         if self.learner.bank_episode != self.current_task:  # resumed inside a task
             self.learner.begin_episode(self.current_task, self.device)
-        x = batch.x if self.augment else self.datamodule.preprocess_eval(batch.raw)
+        x = batch.x if self.augment else self.datamodule.preprocess_eval(batch.raw, batch.task)
         replay_size = self.batch_size_memory or self.datamodule.batch_size
         loss, parts = self.learner.loss(x, batch.y, replay_size, generator=None)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=len(batch.y))
@@ -178,9 +187,10 @@ class Sharp(ContinualMethod):
         dm = self.trainer.datamodule
         n = max(self.learner.stm.per_class, self.learner.ltm_per_class)
         order = self.learner.episode_samples(task.id, task.train_index)
-        positions = first_per_class(dm.train_data.y, order, task.classes, n)
+        images, _ = dm.locate(order)  # a task's ids are distinct images, all of this task
+        positions = first_per_class(dm.train_data.y, images, task.classes, n)
         raw = {c: dm.train_data.raw(i).to(self.device) for c, i in positions.items() if len(i)}
-        inputs = {c: dm.preprocess_eval(r) for c, r in raw.items()}
+        inputs = {c: dm.preprocess_eval(r, task.id) for c, r in raw.items()}
         self.learner.end_episode(task.id, inputs, raw)
         self._sync_state()
         self._record_memory()
