@@ -9,7 +9,7 @@ one code path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,8 @@ class Task:
     classes: tuple[int, ...]  # classes whose examples this task trains on
     train_index: torch.Tensor  # indices into the training split
     test_index: torch.Tensor  # indices into the test split, used to evaluate this task
+    # indices into the training split held out for validation (data.val_fraction; continual/validation.py)
+    val_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 class Scenario:
