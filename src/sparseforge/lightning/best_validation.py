@@ -105,7 +105,7 @@ class BestValidation(pl.Callback):
             return {}
         section = {
             "fraction": dm.val_fraction,
-            "n_val": int(sum(len(t.val_index) for t in dm.tasks)),
+            "n_val": len(torch.unique(torch.cat([t.val_index for t in dm.tasks]))),  # tasks may share examples
             "acc_per_epoch": self.val_acc,
             "model_selection": _selects(dm),
         }
