@@ -112,6 +112,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     import torch
 
     from sparseforge.config.validate import validate
+    from sparseforge.lightning.best_validation import BestValidation
     from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
@@ -143,7 +144,12 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     )
     method.check_stream(datamodule)  # online stream, task-IL, soft targets: no data needed
 
-    callbacks = [make(cfg.task_loop, "task_loop"), RNGStateCallback(), NonFiniteLossGuard(cfg.nonfinite_loss)]
+    callbacks = [
+        make(cfg.task_loop, "task_loop"),
+        BestValidation(),  # inert unless data.val_fraction > 0
+        RNGStateCallback(),
+        NonFiniteLossGuard(cfg.nonfinite_loss),
+    ]
     if cfg.sparsity.get("_target_"):
         sparsity = make(cfg.sparsity, "sparsity")
         if hasattr(sparsity, "preflight"):  # model-dependent checks (which layers, their shapes) before any work

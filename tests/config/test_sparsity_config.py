@@ -95,3 +95,7 @@ def test_presets_build_and_run_one_batch(tmp_path, data_dir, preset, num_classes
     n_sparse = summary["config"]["sparsity"]["density"]
     assert abs(sparsity["density"] - n_sparse) < len(sparsity["layers"]) / 1e6
     assert summary["flops"]["inference_relative_to_dense"] < 0.5
+    if preset == "random_pruning_cifar10":  # upstream's 45k/5k split, model selection and reflect padding
+        assert summary["validation"]["fraction"] == 0.1 and 25 <= summary["validation"]["n_val"] <= 35
+        assert summary["metrics"]["best_val/epoch"] == 0 and "test/acc_at_best_val" in summary["metrics"]
+        assert summary["config"]["dataset"]["train_transform"][0]["padding_mode"] == "reflect"

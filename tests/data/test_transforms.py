@@ -131,3 +131,38 @@ def test_a_transform_list_that_mirrors_images_is_recognised():
     assert not flips_horizontally([RandomCropFlip(padding=4)]) and not flips_horizontally(None)
     assert flips_horizontally([T.Compose([T.RandomResizedCrop(8), T.RandomHorizontalFlip()]), T.PILToTensor()])
     assert not flips_horizontally([T.Compose([T.RandomResizedCrop(8)]), T.PILToTensor()])
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "symmetric"])
+def test_every_padding_mode_fills_the_border_as_torchvision_does(mode):
+    from torchvision.transforms.v2 import functional as TF
+
+    from sparseforge.data.transforms import pad_images
+
+    x = torch.randint(0, 256, (3, 3, 9, 7), dtype=torch.uint8)
+    expected = TF.pad(x, [4], padding_mode=mode).float()
+    assert torch.equal(pad_images(x.float(), 4, mode), expected)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "symmetric"])
+def test_a_padded_crop_is_a_window_of_the_padded_image(mode):
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(16, 3, 8, 8) + 0.1  # no zero pixel
+    torch.manual_seed(0)
+    out = RandomCropFlip(padding=3, padding_mode=mode)(x)
+    padded = TF.pad(x, [3], padding_mode=mode)
+    windows = padded.unfold(2, 8, 1).unfold(3, 8, 1)  # N x C x 7 x 7 x 8 x 8: every 8 x 8 window
+    for image, crop in zip(windows, out, strict=True):
+        matches = (image == crop[:, None, None]).flatten(3).all(-1).all(0)  # 7 x 7: which offsets
+        assert matches.any()
+    # only zero padding brings zeros in (16 crops all at the centre: probability 49**-16)
+    assert (out == 0).any() == (mode == "constant")
+
+
+def test_an_unknown_padding_mode_and_a_too_wide_reflection_are_one_line():
+    with pytest.raises(ConfigError, match="padding_mode: unknown value 'mirror'") as err:
+        RandomCropFlip(4, padding_mode="mirror")
+    assert "constant, reflect, edge, symmetric" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="too wide to reflect-pad 4 x 4 images"):
+        RandomCropFlip(4, padding_mode="reflect")(torch.rand(2, 1, 4, 4))

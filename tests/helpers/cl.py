@@ -231,3 +231,33 @@ def count_replay_draws(path: str):
                 f.write(str(self.count))
 
     return CountReplayDraws()
+
+
+def save_weights_every_epoch():
+    """A callback that saves the module's weights after every finished epoch to
+    ``<run dir>/weights_epoch<e>.pt`` (to re-evaluate any epoch's model afterwards)."""
+    import lightning.pytorch as pl
+
+    class SaveWeights(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                path = f"{trainer.default_root_dir}/weights_epoch{trainer.current_epoch}.pt"
+                torch.save(pl_module.state_dict(), path)
+
+    return SaveWeights()
+
+
+def best_validation_dump():
+    """A callback that saves every rank's view of the validation split and its best-validation
+    state at the end (checks DDP consistency)."""
+    import lightning.pytorch as pl
+
+    from sparseforge.lightning.best_validation import BestValidation
+
+    class BestValidationDump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            best = next(c for c in trainer.callbacks if isinstance(c, BestValidation))
+            state = {**best.state_dict(), "val_index": trainer.datamodule.tasks[0].val_index}
+            torch.save(state, f"{trainer.default_root_dir}/best_rank{trainer.global_rank}.pt")
+
+    return BestValidationDump()

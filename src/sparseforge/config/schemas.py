@@ -101,6 +101,7 @@ class DataConfig:
     drop_last: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
     batch_transform: Optional[Any] = None  # e.g. timm.data.Mixup as a partial (num_classes added)
+    val_fraction: float = 0.0  # held out of the training examples per class; > 0: best-validation model selection
 
 
 @dataclass

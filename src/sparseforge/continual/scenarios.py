@@ -18,7 +18,7 @@ fresh optimizer); the tasks still say where to evaluate, so the accuracy matrix 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,8 @@ class Task:
     classes: tuple[int, ...]  # classes whose examples this task trains on
     train_index: torch.Tensor  # ids of its training examples (indices into the training split, see above)
     test_index: torch.Tensor  # indices into the test split, used to evaluate this task
+    # indices into the training split held out for validation (data.val_fraction; continual/validation.py)
+    val_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 class Scenario:

@@ -33,20 +33,46 @@ class BatchAugmentation(nn.Module):
     the same shape out. Subclasses implement ``forward(x)``."""
 
 
+# padding_mode -> how the border is filled, torchvision's names (``transforms.Pad``): constant
+# zeros; reflect mirrors without repeating the edge pixel; edge repeats it; symmetric mirrors
+# with it.
+PADDING_MODES = ("constant", "reflect", "edge", "symmetric")
+
+
+def pad_images(x: torch.Tensor, p: int, mode: str) -> torch.Tensor:
+    """N x C x H x W padded by ``p`` on every side, the border filled as ``mode`` says."""
+    if mode == "symmetric":  # the mirror image including the edge: flipped border strips
+        x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
+        return torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
+    return F.pad(x, (p, p, p, p), mode={"edge": "replicate"}.get(mode, mode))
+
+
 class RandomCropFlip(BatchAugmentation):
     """Random crop with ``padding`` (0: none) and, with ``hflip``, a horizontal flip with probability
-    1/2: the standard CIFAR augmentation, vectorised over the batch."""
+    1/2: the standard CIFAR augmentation, vectorised over the batch. ``padding_mode`` fills the
+    border as torchvision's ``RandomCrop`` does: constant (zeros), reflect, edge or symmetric."""
 
-    def __init__(self, padding: int = 0, hflip: bool = False):
+    def __init__(self, padding: int = 0, hflip: bool = False, padding_mode: str = "constant"):
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ConfigError(
+                "dataset.train_transform.padding_mode", f"unknown value {padding_mode!r}", ", ".join(PADDING_MODES)
+            )
         self.padding = int(padding)
         self.hflip = bool(hflip)
+        self.padding_mode = padding_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         if self.padding > 0:
             p = self.padding
-            padded = F.pad(x, (p, p, p, p))
+            if self.padding_mode in ("reflect", "symmetric") and p > min(h, w) - (self.padding_mode == "reflect"):
+                raise ConfigError(
+                    "dataset.train_transform.padding",
+                    f"{p} is too wide to {self.padding_mode}-pad {h} x {w} images",
+                    f"at most {min(h, w) - (self.padding_mode == 'reflect')}",
+                )
+            padded = pad_images(x, p, self.padding_mode)
             # One random offset per image, applied with a gather over an index grid.
             dy = torch.randint(0, 2 * p + 1, (n,), device=x.device)
             dx = torch.randint(0, 2 * p + 1, (n,), device=x.device)

@@ -29,6 +29,7 @@ logged as W&B tables and drawn as heat maps in the run directory (``acc_matrix.p
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ class ContinualLoop(pl.Callback):
             self._active_task = trainer.datamodule.task_of_epoch(trainer.current_epoch)
         if self.forward_transfer and self.initial_acc is None and self.completed_tasks == 0:
             # FWT compares R[j-1][j] with the untrained model's accuracy on task j.
-            initial = self._evaluate(trainer, pl_module, trainer.datamodule.tasks)
+            initial = self.evaluate(trainer, pl_module, trainer.datamodule.tasks)
             self.initial_acc, self.initial_acc_task_il = initial["class_il"], initial["task_il"]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -148,7 +149,7 @@ class ContinualLoop(pl.Callback):
                 trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / f"task_{t}.ckpt")
         elif self.eval_every_n_epochs and k % self.eval_every_n_epochs == 0:
             # An intermediate check of the tasks seen so far; it does not enter the matrix.
-            result = self._evaluate(trainer, pl_module, dm.tasks[: t + 1])
+            result = self.evaluate(trainer, pl_module, dm.tasks[: t + 1])
             pl_module.log("val/avg_acc", sum(result["class_il"]) / (t + 1), rank_zero_only=True)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -178,7 +179,7 @@ class ContinualLoop(pl.Callback):
         if not dm.scenario.online:
             pl_module.end_task(dm.tasks[t])
         upto = t + 2 if self.forward_transfer else t + 1
-        result = self._evaluate(trainer, pl_module, dm.tasks[:upto])
+        result = self.evaluate(trainer, pl_module, dm.tasks[:upto])
         self.acc[t][: len(result["class_il"])] = result["class_il"]
         if dm.scenario.has_task_il:
             self.acc_task_il[t][: len(result["task_il"])] = result["task_il"]
@@ -187,7 +188,9 @@ class ContinualLoop(pl.Callback):
         self.completed_tasks = t + 1
         self._log_task(trainer, pl_module, t, in_loop)
 
-    def _evaluate(self, trainer: pl.Trainer, pl_module, tasks) -> dict[str, list[float]]:
+    def evaluate(self, trainer: pl.Trainer, pl_module, tasks, split: str = "test") -> dict[str, list[float]]:
+        """Accuracy per task on its test examples, or with ``split="train"`` on the training-split
+        examples in ``test_index`` (validation views, ``continual/validation.py``)."""
         dm = trainer.datamodule
         start = time.perf_counter()
         was_training = pl_module.training
@@ -195,8 +198,8 @@ class ContinualLoop(pl.Callback):
         with trainer.precision_plugin.forward_context():
             result = evaluate_tasks(
                 pl_module.predict_scores,
-                dm.eval_batches,
-                dm.test_data.y,
+                functools.partial(dm.eval_batches, split=split),
+                (dm.test_data if split == "test" else dm.train_data).y,
                 tasks,
                 pl_module.device,
                 batch_size=self.eval_batch_size,

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sparseforge.continual.scenarios import Scenario, Task, split_training_ids
+from sparseforge.continual.validation import hold_out_validation
 from sparseforge.data.base import ImageDataset, ImageSplit, ImageTensors
 from sparseforge.data.transforms import DeviceTransform, mix_batch, per_image_on_tensors, split_transforms
 from sparseforge.errors import ConfigError
@@ -199,12 +200,17 @@ class ContinualDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         seed: int = 0,
         batch_transform: Callable | None = None,
+        val_fraction: float = 0.0,
     ):
         super().__init__()
         self.dataset, self.scenario = dataset, scenario
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.pin_memory, self.drop_last = num_workers, pin_memory, drop_last
         self.seed = seed
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {val_fraction}", "0 (off) to < 1")
+        # Held out of every task's training examples, per class, seeded by ``seed``.
+        self.val_fraction = float(val_fraction)
         self.train_per_image, train_batched = split_transforms(dataset.train_transform, "dataset.train_transform")
         self.eval_per_image, eval_batched = split_transforms(dataset.eval_transform, "dataset.eval_transform")
         normalize = getattr(dataset, "normalize", True)
@@ -223,8 +229,13 @@ class ContinualDataModule(pl.LightningDataModule):
             return
         self.train_data = self.dataset.load(train=True)
         self.test_data = self.dataset.load(train=False)
-        self.tasks = self.scenario.build(self.train_data.y, self.test_data.y, self.dataset.num_classes, self.seed)
+        tasks = self.scenario.build(self.train_data.y, self.test_data.y, self.dataset.num_classes, self.seed)
         n_images, views = len(self.train_data), self.scenario.views_per_task
+        if views and self.val_fraction > 0:
+            raise ConfigError(
+                "data.val_fraction", "a stream with per-task views (domain-IL) has no validation split yet", "0.0"
+            )
+        self.tasks = hold_out_validation(tasks, self.train_data.y, self.val_fraction, self.seed)
         # Without per-task views, an image's task is the first task that trains on it.
         task_of_image = torch.full((n_images,), -1, dtype=torch.long)
         if not views:
@@ -314,19 +325,25 @@ class ContinualDataModule(pl.LightningDataModule):
         index = method.training_indices(task, self.tasks) if method is not None else task.train_index
         return self.train_loader_for(index, epoch)
 
+    @property
+    def has_validation(self) -> bool:
+        return self.val_fraction > 0.0
+
     def eval_batches(
-        self, index: torch.Tensor, batch_size: int, device, task: int | None = None
+        self, index: torch.Tensor, batch_size: int, device, task: int | None = None, split: str = "test"
     ) -> Iterator[torch.Tensor]:
-        """The evaluation inputs of test examples ``index`` seen as task ``task`` sees them (its
-        per-task transform, if the stream has one), preprocessed on ``device``, ``batch_size`` at a
-        time and in order (for ``evaluate_tasks``)."""
+        """The evaluation inputs of examples ``index`` of the test split (or, with
+        ``split="train"``, of the training split: the validation examples) seen as task ``task``
+        sees them (its per-task transform, if the stream has one), preprocessed on ``device``,
+        ``batch_size`` at a time and in order (for ``evaluate_tasks``)."""
+        data = self.test_data if split == "test" else self.train_data
         chunks = index.split(batch_size)
-        if isinstance(self.test_data, ImageTensors) and self.eval_per_image is None:  # the fast path
+        if isinstance(data, ImageTensors) and self.eval_per_image is None:  # the fast path
             for chunk in chunks:
-                yield self.preprocess_eval(self.test_data.x[chunk].to(device, non_blocking=True), task)
+                yield self.preprocess_eval(data.x[chunk].to(device, non_blocking=True), task)
             return
         inputs = DataLoader(
-            _EvalChunks(self.test_data, chunks, self.eval_per_image),
+            _EvalChunks(data, chunks, self.eval_per_image),
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
