@@ -207,3 +207,17 @@ def test_trainer_settings_of_the_issue_are_exposed():
     assert t.trainer.deterministic is True and t.trainer.gradient_clip_val == 0.5
     assert t.trainer.max_epochs == 3 and t.trainer.precision == "bf16-mixed"
     assert t.task_loop.eval_every_n_epochs == 2  # the validation interval
+
+
+def test_the_vit_presets_carry_the_recipes_training_stack():
+    from tests.helpers.config import compose_config
+
+    for preset in ("pgf_nm_vit_cifar100", "srste_nm_vit_cifar100"):
+        cfg = compose_config([f"+experiment={preset}"])
+        (transform,) = cfg.dataset.train_transform
+        assert transform._target_ == "timm.data.create_transform" and transform.auto_augment == "rand-m15-n2"
+        mixup = cfg.data.batch_transform
+        assert mixup._target_ == "timm.data.Mixup" and (mixup.mixup_alpha, mixup.cutmix_alpha) == (0.5, 0.0)
+        assert mixup.label_smoothing == 0.0
+        assert (cfg.model.kwargs.drop_rate, cfg.model.kwargs.drop_path_rate) == (0.1, 0.1)
+        assert "pos_embed" in str(cfg.optimizer_groups)
