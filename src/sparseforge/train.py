@@ -139,8 +139,15 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     if lr_scheduler is not None:
         _check_partial(lr_scheduler, "lr_scheduler", optimizer=probe)
     groups = make(cfg.optimizer_groups, "optimizer_groups") if cfg.get("optimizer_groups") else None
+    loss = {"loss": make(cfg.loss, "loss")} if cfg.get("loss") else {}  # null: cross-entropy
     method = make(
-        cfg.method, "method", model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, optimizer_groups=groups
+        cfg.method,
+        "method",
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        optimizer_groups=groups,
+        **loss,
     )
     method.check_stream(datamodule)  # online stream, task-IL, soft targets: no data needed
 

@@ -221,3 +221,4 @@ def test_the_vit_presets_carry_the_recipes_training_stack():
         assert mixup.label_smoothing == 0.0
         assert (cfg.model.kwargs.drop_rate, cfg.model.kwargs.drop_path_rate) == (0.1, 0.1)
         assert "pos_embed" in str(cfg.optimizer_groups)
+        assert cfg.loss._target_ == "timm.loss.BinaryCrossEntropy" and cfg.loss.smoothing == 0.0

@@ -208,3 +208,37 @@ def test_baselines_that_read_training_examples_run_on_a_disk_backed_dataset(tmp_
         train(compose_config(overrides, output_dir=tmp_path / "run"))
     s = summary(tmp_path / "run")
     assert s["status"] == "completed" and s["cl"]["completed_tasks"] == 2
+
+
+@pytest.mark.parametrize("method", ["finetune", "er"])
+def test_loss_bce_trains_on_binary_cross_entropy_of_the_targets(tmp_path, monkeypatch, method):
+    """loss=bce: each step's loss is timm's binary cross-entropy of the logits against the one-hot
+    labels (ER: of the current and replayed rows), not cross-entropy."""
+    import torch.nn.functional as F
+
+    from sparseforge.methods.base import ContinualMethod
+
+    seen = []
+    original = ContinualMethod.classification_loss
+
+    def recording(self, logits, target):
+        loss = original(self, logits, target)
+        seen.append((logits.detach(), target, float(loss)))
+        return loss
+
+    monkeypatch.setattr(ContinualMethod, "classification_loss", recording)
+    overrides = [*QUIET, f"method={method}", "loss=bce", "debug=fdr"]
+    with one_thread():
+        train(compose_config(overrides + (["method.buffer_size=50"] if method == "er" else []), output_dir=tmp_path))
+    assert summary(tmp_path)["status"] == "completed" and seen
+    for logits, target, loss in seen:
+        one_hot = F.one_hot(target, logits.shape[1]).float()
+        assert loss == pytest.approx(float(F.binary_cross_entropy_with_logits(logits, one_hot)), rel=1e-6)
+        assert loss != pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-3)
+
+
+def test_a_method_with_its_own_losses_refuses_a_loss_group(tmp_path):
+    from sparseforge.train import build
+
+    with pytest.raises(ConfigError, match=r"^config error: loss: method derpp computes its own losses"):
+        build(compose_config([*QUIET, "method=derpp", "loss=bce"], output_dir=tmp_path))

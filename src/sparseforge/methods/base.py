@@ -120,10 +120,16 @@ class ContinualMethod(pl.LightningModule):
         optimizer: partial,
         lr_scheduler: partial | None = None,
         optimizer_groups: WeightDecayGroups | None = None,
+        loss: nn.Module | None = None,
         **options: Any,
     ):
         super().__init__()
         self.options = build_options(self.Options, options, "method")
+        if loss is not None and not self.supports_soft_targets:
+            raise ConfigError(
+                "loss", f"method {self.name} computes its own losses", "null, or method=finetune, joint or er"
+            )
+        self.loss_fn = loss  # the classification loss of the current batch (None: cross-entropy)
         self.model = model
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -138,7 +144,12 @@ class ContinualMethod(pl.LightningModule):
     def observe(self, batch) -> torch.Tensor:
         logits = self(batch.x)
         self.track_accuracy(logits, batch.y)
-        return F.cross_entropy(self.current_ce_logits(logits), training_target(batch))
+        return self.classification_loss(self.current_ce_logits(logits), training_target(batch))
+
+    def classification_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss towards labels or soft targets: the config group ``loss`` (e.g. timm's
+        BinaryCrossEntropy), else cross-entropy."""
+        return F.cross_entropy(logits, target) if self.loss_fn is None else self.loss_fn(logits, target)
 
     def track_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Feed the epoch's training accuracy (``train/acc``, torchmetrics). Methods that

@@ -29,4 +29,4 @@ class ER(ReplayMethod):
         if replayed is not None:
             stored = replayed.y if y.dim() == 1 else F.one_hot(replayed.y, logits.shape[1]).to(y.dtype)
             y = torch.cat([y, stored])
-        return F.cross_entropy(logits, y)
+        return self.classification_loss(logits, y)
