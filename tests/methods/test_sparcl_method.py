@@ -247,19 +247,16 @@ def test_checkpoint_resume_restores_every_piece_of_state_exactly(mnist_dir, tmp_
 
 
 def test_sparcl_on_er(mnist_dir, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    import torch.nn.functional as F
-
-    from sparseforge.methods import er
+    from sparseforge.methods.base import ContinualMethod
 
     ce_inputs: list[torch.Tensor] = []
+    classification_loss = ContinualMethod.classification_loss  # cross-entropy without a loss group
 
-    def recording_cross_entropy(logits, y):
+    def recording_loss(self, logits, y):
         ce_inputs.append(logits.detach().clone())
-        return F.cross_entropy(logits, y)
+        return classification_loss(self, logits, y)
 
-    monkeypatch.setattr(er, "F", SimpleNamespace(cross_entropy=recording_cross_entropy))
+    monkeypatch.setattr(ContinualMethod, "classification_loss", recording_loss)
     summary = run_summary(sparcl_overrides(mnist_dir, "method.base=er"), tmp_path / "run")
     assert summary["status"] == "completed"
     # ER's one cross-entropy: the current batch's rows restricted to its task's classes, the

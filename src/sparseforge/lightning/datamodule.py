@@ -326,6 +326,12 @@ class ContinualDataModule(pl.LightningDataModule):
         return self.train_loader_for(index, epoch)
 
     @property
+    def mixes_batches(self) -> bool:
+        """Whether ``data.batch_transform`` turns the training labels into soft targets (known from
+        the config, before any data is read)."""
+        return self._batch_transform_factory is not None
+
+    @property
     def has_validation(self) -> bool:
         return self.val_fraction > 0.0
 

@@ -211,7 +211,7 @@ class ContinualMethod(pl.LightningModule):
             self._check_online()
         if datamodule.scenario.task_incremental and not self.supports_task_il:
             raise ConfigError("method", f"{self.name} cannot be evaluated task-incrementally", "scenario=class_il")
-        if getattr(datamodule, "batch_transform", None) is not None and not self.supports_soft_targets:
+        if getattr(datamodule, "mixes_batches", False) and not self.supports_soft_targets:
             raise ConfigError(
                 "data.batch_transform",
                 f"method {self.name} trains on hard labels and cannot take the soft targets of a batch transform",
