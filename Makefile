@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# make test-fast: the packages whose tests need no training run (methods and the Lightning glue train)
+FAST_TESTS := tests/sparsity tests/continual tests/config tests/data tests/sweeps tests/docs tests/test_architecture.py
 
 .PHONY: install train test test-fast lint docs clean help
 
@@ -10,7 +12,7 @@ help:
 	@echo "make train [ARGS='overrides']  set up .venv (first time) and run python train.py"
 	@echo "make test                      run the whole test suite (what CI runs; without a SLURM"
 	@echo "                               cluster or full MNIST those tests are skipped, with the reason)"
-	@echo "make test-fast                 the in-process tests only (no slow, end-to-end or SLURM tests)"
+	@echo "make test-fast                 the unit tests: engine, CL core, configs, data, sweeps, docs (no training runs)"
 	@echo "make lint                      ruff"
 	@echo "make docs                      build the documentation site into site/ (mkdocs, strict)"
 
@@ -29,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not e2e and not slurm"
+	$(BIN)/python -m pytest -m "not slow and not e2e and not slurm" $(FAST_TESTS)
 
 lint: install
 	$(BIN)/ruff check src tests experiments

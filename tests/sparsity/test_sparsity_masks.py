@@ -286,6 +286,7 @@ def test_state_dict_round_trip_through_a_weights_only_load(tmp_path):
         wrong.load_state_dict(state)
 
 
+@pytest.mark.slow  # a subprocess that trains: about 15 s
 def test_the_engine_drives_a_hand_written_loop_without_lightning(tmp_path):
     script = """
 import sys, torch, torch.nn.functional as F
