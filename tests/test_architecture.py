@@ -92,6 +92,7 @@ def test_the_rule_check_catches_a_crossing(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "package", ["sparseforge.sparsity", "sparseforge.continual", "sparseforge.models", "sparseforge.data"]
 )
+@pytest.mark.e2e  # a CLI subprocess
 def test_the_engine_runs_without_lightning(package):
     """Importing every module of the plain-PyTorch layers pulls in no Lightning, transitively."""
     code = (

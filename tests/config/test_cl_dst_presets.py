@@ -114,6 +114,7 @@ def compose_study(overrides):
         return compose("train", normalise_overrides(overrides), return_hydra_config=True)
 
 
+@pytest.mark.slow  # composes every point of a study
 @pytest.mark.parametrize("study, points", [("cl_dst_isolated", 48), ("cl_dst_shared_mask", 48), ("cl_dst_finetune", 3)])
 def test_the_reduced_study_is_three_sweeps_whose_points_all_compose(study, points):
     cfg = compose_study([f"+study={study}"])

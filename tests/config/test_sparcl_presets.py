@@ -94,6 +94,7 @@ def test_cli_runs_the_cifar100_preset_as_documented(tmp_path):
     assert summary["metrics"]["flops/train_relative_to_dense"] == summary["flops"]["train_relative_to_dense"]
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_a_bad_sparcl_value_is_one_line_naming_the_key(tmp_path):
     write_cifar(tmp_path, 10, n_train=600)
     proc = run_cli(

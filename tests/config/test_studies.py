@@ -63,6 +63,7 @@ def test_every_point_of_a_study_composes_in_its_sweeps_order_and_directory(name,
     assert all(a in rows and b in rows for a, b in report.paired), (report.paired, rows)
 
 
+@pytest.mark.slow  # composes every point of a study
 @pytest.mark.parametrize("name", ARMED)
 def test_every_arm_of_a_study_composes(name, tmp_path):
     """One seed per arm (a key on the command line replaces the study's axis); every point: above."""

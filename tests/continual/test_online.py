@@ -57,6 +57,7 @@ def test_a_method_that_needs_boundaries_refuses_an_online_stream(tmp_path, metho
     assert "finetune" in message and "er" in message and "joint," not in message and "\n" not in message
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_the_refusal_is_one_line_from_the_cli(tmp_path):
     proc = run_cli(["method=joint", *ONLINE, f"hydra.run.dir={tmp_path / 'run'}", *QUIET])
     assert proc.returncode == 2

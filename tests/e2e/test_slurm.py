@@ -22,7 +22,7 @@ import torch
 
 from sparseforge.lightning.loggers import run_id_for
 from sparseforge.train import train
-from tests.helpers.cli import REPO
+from tests.helpers.cli import REPO, sweep_tool
 from tests.helpers.config import compose_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -203,14 +203,7 @@ def test_sbatch_array_runs_the_planned_lines_resumes_requeued_tasks_and_aggregat
     ]
     sweep_file = tmp_path / "sweep.txt"
     with sweep_file.open("w") as out:
-        plan = subprocess.run(
-            [sys.executable, "-m", "sparseforge.sweeps.cli", "plan", "-p", "2", *plan_args],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=600,
-        )
+        plan = sweep_tool("cli", "plan", "-p", "2", *plan_args, stdout=out, timeout=600)
     assert plan.returncode == 0, plan.stderr
     assert len(sweep_file.read_text().splitlines()) == 4
     sbatch_line = plan.stderr.strip().splitlines()[-1]
@@ -252,24 +245,12 @@ def test_sbatch_array_runs_the_planned_lines_resumes_requeued_tasks_and_aggregat
     assert {p.name.rsplit("-", 1)[1] for p in segments} == {run_id_for(first)}
 
     # planning the same sweep again leaves nothing to submit
-    again = subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.cli", "plan", *plan_args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = sweep_tool("cli", "plan", *plan_args, timeout=600)
     assert again.returncode == 0 and again.stdout == ""
     assert "4 sweep points, 4 already completed (left out)" in again.stderr and "nothing to submit" in again.stderr
 
     # the aggregated table equals the numbers computed by hand from the four summaries
-    agg = subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    agg = sweep_tool("aggregate", str(sweep_dir), timeout=600)
     assert agg.returncode == 0, agg.stderr
     for lr in ("0.05", "0.1"):
         accs = [s["metrics"]["test/acc"] for s in done.values() if str(s["config"]["optimizer"]["lr"]) == lr]
@@ -332,13 +313,7 @@ def test_array_range_is_checked_before_submitting_and_in_the_job(tmp_path, slurm
     )
 
     def sweep_cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "sparseforge.sweeps.cli", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return sweep_tool("cli", *args, timeout=120)
 
     # `submit` refuses an array larger than the file: nothing reaches SLURM
     refused = sweep_cli("submit", str(sweep_file), "--array=0-2", "--mem=1G", f"--output={tmp_path}/%A_%a.out")

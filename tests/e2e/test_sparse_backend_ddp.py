@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from sparseforge.models import create_model
 from sparseforge.sparsity import Sparsifier
 from tests.helpers.ddp import free_port
+from tests.helpers.engine import train_on_noise
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
@@ -29,14 +29,7 @@ def worker(rank: int, world: int, port: int, backend: str, out_dir: str) -> None
         model, optimizer, density=0.2, update_rule="rigl", delta_t=2, total_steps=20, seed=rank, backend=backend
     )
     ddp = DistributedDataParallel(model)  # after the backend: DDP sees the compressed values
-    g = torch.Generator().manual_seed(100 + rank)  # each rank trains on its own data
-    for _ in range(10):
-        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(ddp(x), y).backward()
-        sparsifier.before_optimizer_step()
-        optimizer.step()
-        sparsifier.after_optimizer_step()
+    train_on_noise(ddp, optimizer, sparsifier, 10, (1, 8, 8), seed=100 + rank)  # each rank its own data
     torch.save(
         {
             "masks": {n: sparsifier.masks[n].clone() for n in sparsifier.masks},

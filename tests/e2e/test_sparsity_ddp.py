@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from sparseforge.models import create_model
 from sparseforge.sparsity import Sparsifier
 from tests.helpers.cli import run_cli
 from tests.helpers.ddp import free_port
+from tests.helpers.engine import train_on_noise
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
@@ -30,14 +30,7 @@ def worker(rank: int, world: int, port: int, rule: str, out_dir: str) -> None:
     # A different seed per rank on purpose: rank 0's decisions must still win everywhere.
     sparsifier = Sparsifier(model, optimizer, density=0.2, update_rule=rule, delta_t=2, total_steps=20, seed=rank)
     ddp = DistributedDataParallel(model)
-    g = torch.Generator().manual_seed(100 + rank)  # each rank trains on its own data
-    for _ in range(12):
-        x, y = torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(ddp(x), y).backward()
-        sparsifier.before_optimizer_step()
-        optimizer.step()
-        sparsifier.after_optimizer_step()
+    train_on_noise(ddp, optimizer, sparsifier, 12, (3, 16, 16), seed=100 + rank)  # each rank its own data
     torch.save(
         {
             "masks": {n: sparsifier.masks[n].clone() for n in sparsifier.masks},

@@ -21,3 +21,16 @@ def run_cli(args, cwd: Path | None = None, env: dict | None = None, timeout: int
         text=True,
         timeout=timeout,
     )
+
+
+def sweep_tool(tool: str, *args: str, stdout=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a sweep tool (``cli`` is ``sparseforge-sweep``, ``aggregate`` is ``sparseforge-aggregate``)
+    as a user would; ``stdout`` may be an open file, as for ``sparseforge-sweep plan > sweep.txt``."""
+    return subprocess.run(
+        [sys.executable, "-m", f"sparseforge.sweeps.{tool}", *args],
+        cwd=REPO,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )

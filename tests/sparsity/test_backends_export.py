@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sparseforge.models import create_model
 from sparseforge.sparsity import Sparsifier
 from sparseforge.sparsity.backends.export import CSRLinear, export_csr, main
 from sparseforge.train import train
 from tests.helpers.config import compose_config
+from tests.helpers.engine import train_on_noise
 
 
 def trained(backend: str):
@@ -20,14 +20,7 @@ def trained(backend: str):
     model = create_model("mlp", num_classes=10, in_chans=1, image_size=8, hidden_sizes=[64, 32])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = Sparsifier(model, optimizer, density=0.2, update_rule="rigl", delta_t=3, total_steps=20, backend=backend)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(7):
-        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        sp.before_optimizer_step()
-        optimizer.step()
-        sp.after_optimizer_step()
+    train_on_noise(model, optimizer, sp, 7, (1, 8, 8))
     assert sp.updates_done == 2
     return model, sp
 

@@ -136,6 +136,7 @@ def test_semi_structured_round_trip_on_gpu(pattern):
     assert torch.allclose(dense(x), expected, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_check_script_validates_masks_and_kernel_shapes(tmp_path):
     import json
     import subprocess

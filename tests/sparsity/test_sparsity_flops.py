@@ -9,6 +9,7 @@ from torch import nn
 
 from sparseforge.sparsity import FlopsAccountant, Sparsifier
 from sparseforge.sparsity.flops import rigl_train_flops_per_step
+from tests.helpers.engine import train_on_noise
 
 
 def lenet_300_100():
@@ -23,14 +24,7 @@ HAND_FLOPS = {"1": 2 * 784 * 300, "3": 2 * 300 * 100, "5": 2 * 100 * 10}
 
 
 def run(model, sparsifier, optimizer, steps: int, batch: int = 32):
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x, y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        sparsifier.before_optimizer_step()
-        optimizer.step()
-        sparsifier.after_optimizer_step()
+    train_on_noise(model, optimizer, sparsifier, steps, (1, 28, 28), batch=batch, seed=0)
 
 
 def test_dense_forward_flops_come_from_flop_counter_mode():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sparseforge.models import create_model
 from sparseforge.sparsity import MaskInvariantError, Sparsifier
+from tests.helpers.engine import train_on_noise
 
 OPTIMIZERS = {
     "sgd_nesterov_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
@@ -26,19 +27,7 @@ def small_cnn(seed: int = 0):
 
 
 def train_steps(model, optimizer, sparsifier, n: int, seed: int = 1, batch: int = 16) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    updates = []
-    for _ in range(n):
-        x = torch.randn(batch, 3, 16, 16, generator=g)
-        y = torch.randint(0, 10, (batch,), generator=g)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        sparsifier.before_optimizer_step()
-        optimizer.step()
-        stats = sparsifier.after_optimizer_step()
-        if stats:
-            updates.append(stats)
-    return updates
+    return train_on_noise(model, optimizer, sparsifier, n, (3, 16, 16), batch=batch, seed=seed)
 
 
 def assert_pruned_exactly_zero(sparsifier):

@@ -7,7 +7,6 @@ import csv
 import json
 import statistics
 import subprocess
-import sys
 
 import pytest
 
@@ -19,7 +18,7 @@ from sparseforge.sweeps.aggregate import (
     planned_points,
     unfinished_points,
 )
-from tests.helpers.cli import REPO
+from tests.helpers.cli import sweep_tool
 
 # (density, seed) -> test/acc, train FLOPs; CL metrics and a failed run on top
 ACC = {(0.05, 0): 0.61, (0.05, 1): 0.65, (0.05, 2): 0.60, (0.1, 0): 0.70, (0.1, 1): 0.74}
@@ -35,13 +34,7 @@ def write_run(sweep, name, overrides, summary):
 
 def aggregate_cli(*args: str) -> subprocess.CompletedProcess:
     """``sparseforge-aggregate ARGS`` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.aggregate", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return sweep_tool("aggregate", *args)
 
 
 @pytest.fixture
@@ -150,28 +143,12 @@ def test_no_completed_runs_is_an_error(tmp_path):
         aggregate(load_runs(tmp_path), "test/acc", None)
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_cli(sweep):
     result = aggregate_cli(str(sweep))
     assert result.returncode == 0, result.stderr
     assert "| sparsity.density | n | test/acc |" in result.stdout
-    chosen = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sparseforge.sweeps.aggregate",
-            str(sweep),
-            "--column",
-            "cl.bwt",
-            "--column",
-            "cl.bwtt",
-            "--out",
-            str(sweep / "o"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    chosen = aggregate_cli(str(sweep), "--column", "cl.bwt", "--column", "cl.bwtt", "--out", str(sweep / "o"))
     assert chosen.returncode == 0 and "| sparsity.density | n | test/acc | cl.bwt | cl.bwtt |" in chosen.stdout
     assert "warning: no run reports column 'cl.bwtt' (did you mean 'cl.bwt'?)" in chosen.stderr
     assert (sweep / "aggregate" / "aggregate.csv").exists() and (sweep / "aggregate" / "table.md").exists()
@@ -179,6 +156,7 @@ def test_cli(sweep):
     assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep directory")
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_wandb_source_needs_w_and_b_online(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     result = aggregate_cli("--wandb", "me/proj")
@@ -256,6 +234,7 @@ def test_a_study_report_gives_its_table(study):
     assert all(float(r["cl.avg_acc"]) == STUDY_ACC[(r["row"], int(r["seed"]))] for r in runs)
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_the_metric_flag_replaces_the_reports_metric(study):
     result = aggregate_cli(str(study), "--metric", "test/acc")
     assert result.returncode == 0, result.stderr
@@ -309,15 +288,16 @@ def test_points_are_not_listed_where_the_sweeper_samples_them(sweep):
     assert planned_points(sweep) is None
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_strict_exits_1_while_a_point_has_no_completed_result(sweep, tmp_path):
     write_multirun_yaml(sweep, SWEEP_ARGS)
-    cmd = [sys.executable, "-m", "sparseforge.sweeps.aggregate", str(sweep), "--out", str(tmp_path / "agg")]
-    relaxed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    cmd = [str(sweep), "--out", str(tmp_path / "agg")]
+    relaxed = aggregate_cli(*cmd)
     assert relaxed.returncode == 0 and "7 of 12 sweep points have no completed result" in relaxed.stdout
-    strict = subprocess.run([*cmd, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    strict = aggregate_cli(*cmd, "--strict")
     assert strict.returncode == 1 and "--strict: 7 sweep point(s) without a completed result" in strict.stderr
     write_multirun_yaml(sweep, ["+experiment=rigl_digits", "sparsity.density=0.05", "seed=0,1,2"])
-    done = subprocess.run([*cmd, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = aggregate_cli(*cmd, "--strict")
     assert done.returncode == 0 and "no completed result" not in done.stdout
 
 

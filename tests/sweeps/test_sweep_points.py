@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from hypothesis import given
@@ -16,7 +15,7 @@ from sparseforge.errors import ConfigError
 from sparseforge.sweeps.cli import read_line
 from sparseforge.sweeps.cluster import Node, Partition, check_request, gpu_count, parse_time_min
 from sparseforge.sweeps.plan import SweepError, expand, prepare_run_points
-from tests.helpers.cli import REPO
+from tests.helpers.cli import REPO, sweep_tool
 
 keys = st.sampled_from(["optimizer.lr", "sparsity.density", "data.batch_size", "model.width", "+experiment"])
 values = st.sampled_from(["0.1", "0.05", "128", "rigl_cifar100", "[1,2]"])
@@ -122,32 +121,15 @@ def test_plan_checks_every_point_before_writing(tmp_path):
         prepare_run_points([f"paths.log_dir={tmp_path}", "dataset=nope"])
 
 
-def _sweep_cli(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "sparseforge.sweeps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def _sweep_cli(*args):
+    return sweep_tool("cli", *args)
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_plan_cli_writes_lines_and_the_sbatch_line(tmp_path):
     out = tmp_path / "sweep.txt"
     with out.open("w") as f:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sparseforge.sweeps.cli",
-                "plan",
-                "-p",
-                "2",
-                f"paths.log_dir={tmp_path}",
-                "seed=0,1,2",
-            ],
-            cwd=REPO,
-            stdout=f,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=300,
-        )
+        result = sweep_tool("cli", "plan", "-p", "2", f"paths.log_dir={tmp_path}", "seed=0,1,2", stdout=f)
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 3 and all(f"seed={i}" in line for i, line in enumerate(lines))
@@ -158,6 +140,7 @@ def test_plan_cli_writes_lines_and_the_sbatch_line(tmp_path):
     assert (tmp_path / "multiruns" / name / ".slurm").is_dir()  # sbatch needs the --output folder to exist
 
 
+@pytest.mark.e2e  # a CLI subprocess
 def test_plan_cli_errors_are_one_line(tmp_path):
     result = _sweep_cli("plan", f"paths.log_dir={tmp_path}", "sparsity.density=0.05,,0.1")
     assert result.returncode == 2 and result.stdout == ""

@@ -52,6 +52,9 @@ class UpdateRule:
     #: What triggers an update: "step" (every delta_t optimizer steps, the sparsifier's schedule)
     #: or "epoch" (``epoch_proposal`` at the start of each epoch of a task, e.g. SparCL's TDM).
     trigger: ClassVar[str] = "step"
+    #: Attributes holding ``{layer name: tensor}`` that are the rule's state: they are saved
+    #: (on the CPU), restored and moved with the rule, e.g. ``("ema",)``.
+    tensor_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Options | None = None, **values: Any):
         self.options = options if options is not None else build_options(self.Options, values, "sparsity")
@@ -70,13 +73,16 @@ class UpdateRule:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {key: {n: t.detach().cpu().clone() for n, t in getattr(self, key).items()} for key in self.tensor_state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
+        for key in self.tensor_state:
+            setattr(self, key, {n: t.clone() for n, t in state.get(key, {}).items()})
 
     def to(self, device: torch.device | str) -> None:
-        """Move any tensor state to ``device``."""
+        """Move the tensor state to ``device``."""
+        for key in self.tensor_state:
+            setattr(self, key, {n: t.to(device) for n, t in getattr(self, key).items()})
 
 
 def drop_smallest(masks, name: str, n: int) -> torch.Tensor:

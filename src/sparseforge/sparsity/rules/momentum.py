@@ -13,7 +13,6 @@ extends its SET optimizer), grow candidates are every weight inactive after the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from sparseforge.sparsity.rules.base import RULES, DropAndGrow
 @RULES.register("momentum")
 class SNFSMomentum(DropAndGrow):
     observes_every_step = True
+    tensor_state = ("ema",)
 
     @dataclass
     class Options(DropAndGrow.Options):
@@ -55,12 +55,3 @@ class SNFSMomentum(DropAndGrow):
     def grow_scores(self, sparsifier, name, position, dense_grad):
         ema = self.ema.get(name)
         return ema.abs() if ema is not None else torch.zeros_like(sparsifier.masks.weight(name))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ema": {n: t.detach().cpu().clone() for n, t in self.ema.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.ema = {n: t.clone() for n, t in state.get("ema", {}).items()}
-
-    def to(self, device) -> None:
-        self.ema = {n: t.to(device) for n, t in self.ema.items()}

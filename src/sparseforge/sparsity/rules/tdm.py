@@ -122,6 +122,7 @@ def _clip(n: int, numel: int) -> int:
 class TDM(UpdateRule):
     trigger = "epoch"
     observes_every_step = True  # keeps the last step's gradient for the next update's importance
+    tensor_state = ("last_grads",)
 
     @dataclass
     class Options(UpdateRule.Options):
@@ -193,13 +194,3 @@ class TDM(UpdateRule):
         if not new_masks:
             return None
         return new_masks, targets, restart
-
-    # -- state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_grads": {n: t.detach().cpu().clone() for n, t in self.last_grads.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.last_grads = {n: t.clone() for n, t in state.get("last_grads", {}).items()}
-
-    def to(self, device) -> None:
-        self.last_grads = {n: t.to(device) for n, t in self.last_grads.items()}
