@@ -46,9 +46,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def nm_mask_and_factor(
-    weight: torch.Tensor, n: int, m: int, dim: int = 1, out: torch.Tensor | None = None, scratch=None
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+def nm_mask_and_factor(weight: torch.Tensor, n: int, m: int, dim: int = 1) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(keep, factor)``: the mask of :func:`nm_mask` and the same mask in the weight's dtype
     (1 kept, 0 pruned), what the forward pass multiplies by.
 
@@ -60,9 +58,9 @@ def nm_mask_and_factor(
     w = weight.detach().movedim(dim, -1)
     if w.shape[-1] % m:
         raise ValueError(f"{_dim_name(dim)} dimension {w.shape[-1]} is not divisible by M={m}")
-    groups = (w.abs() if scratch is None else torch.abs(w, out=scratch)).reshape(-1, m)
+    groups = w.abs().reshape(-1, m)
     if n <= 2 and n < m and groups.dtype in _SAME_SIZE_INT and groups.numel():
-        factor = _factor_by_max(groups, n, out)
+        factor = _factor_by_max(groups, n)
         if factor is not None:
             return None, factor.reshape(w.shape).movedim(-1, dim)
     keep = _keep_largest(groups, n).reshape(w.shape).movedim(-1, dim)
@@ -112,7 +110,7 @@ _SAME_SIZE_INT = {
 }
 
 
-def _factor_by_max(groups: torch.Tensor, n: int, out=None) -> torch.Tensor | None:
+def _factor_by_max(groups: torch.Tensor, n: int) -> torch.Tensor | None:
     """The N:M mask of ``groups`` (|w|, rows of M) in their dtype, by ``n`` passes of "keep the
     entries equal to the group's max"; None if a group met a tie (or holds inf/NaN), where the
     position rule must decide.
@@ -130,10 +128,7 @@ def _factor_by_max(groups: torch.Tensor, n: int, out=None) -> torch.Tensor | Non
         top = values.view(int_dtype).amax(dim=1, keepdim=True)
         if step == 0 and int(top.max()) >= _INF_BITS[groups.dtype]:
             return None  # inf or NaN: the position rule decides
-        if out is None or step:
-            top = top.view(groups.dtype).expand(values.shape).contiguous()
-        else:
-            top = out.view(values.shape).copy_(top.view(groups.dtype).expand(values.shape))
+        top = top.view(groups.dtype).expand(values.shape).contiguous()
         is_max = torch.ge(values, top, out=top)  # 1 where |w| is its group's max, else 0
         if step + 1 < n:  # zero the maxima (exactly: x - x * 1 = 0, x - x * 0 = x) for the next pass
             values = torch.addcmul(values, values, is_max, value=-1)
