@@ -205,8 +205,10 @@ def test_after_set_masks_and_after_load_the_new_plan_is_used():
     torch.testing.assert_close(model(x), reference_model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_frozen_gradient_masks_hold_compressed_weights_still():
-    model, optimizer, sp = build("csr", rule="static")
+@pytest.mark.parametrize("backend,options", [("csr", {}), ("masked", {"mask_cache": False})])
+def test_frozen_gradient_masks_hold_weights_still(backend, options):
+    # compressed values, and the masked path through the bool masks (no float copies)
+    model, optimizer, sp = build(backend, rule="static", **options)
     name = "features.1"
     active = sp.masks[name]
     frozen = active & (torch.rand(active.shape, generator=torch.Generator().manual_seed(3)) < 0.5)
@@ -216,6 +218,7 @@ def test_frozen_gradient_masks_hold_compressed_weights_still():
     after = model.get_submodule(name).weight.detach()
     assert torch.equal(after[frozen], before[frozen])
     assert bool((after[active & ~frozen] != before[active & ~frozen]).any())
+    assert torch.count_nonzero(after[~active]) == 0
 
 
 def test_model_density_and_flops_count_the_dense_shapes():
@@ -324,17 +327,3 @@ def test_masked_path_without_a_mask_cache_trains_the_same_and_holds_no_copy(opt)
         assert torch.equal(a, b), key
     assert cached[2].masks.factor_cache_bytes() > 0
     assert bare[2].masks.factor_cache_bytes() == 0 and not bare[2].masks._factors
-
-
-def test_masked_path_without_a_mask_cache_applies_gradient_masks():
-    model, optimizer, sp = build("masked", rule="static", mask_cache=False)
-    name = "features.1"
-    active = sp.masks[name]
-    frozen = active & (torch.rand(active.shape, generator=torch.Generator().manual_seed(3)) < 0.5)
-    sp.masks.set_grad_masks({name: active & ~frozen})
-    before = model.get_submodule(name).weight.detach().clone()
-    train(model, optimizer, sp, batches(3))
-    after = model.get_submodule(name).weight.detach()
-    assert torch.equal(after[frozen], before[frozen])
-    assert bool((after[active & ~frozen] != before[active & ~frozen]).any())
-    assert torch.count_nonzero(after[~active]) == 0 and sp.masks.factor_cache_bytes() == 0
