@@ -60,7 +60,13 @@ def backends() -> list[str]:
 
 
 def mlp_arm(
-    backend: str, density: float, rule: str = "static", distribution: str = "erk", total_steps=None, delta_t=100
+    backend: str,
+    density: float,
+    rule: str = "static",
+    distribution: str = "erk",
+    total_steps=None,
+    delta_t=100,
+    mask_cache: bool = True,
 ):
     torch.manual_seed(0)
     model = create_model("mlp", num_classes=10, in_chans=1, image_size=28, hidden_sizes=[4096, 4096])
@@ -69,7 +75,7 @@ def mlp_arm(
     if backend != "dense":
         sp = Sparsifier(
             model, optimizer, density=density, distribution=distribution, update_rule=rule, backend=backend,
-            delta_t=delta_t, total_steps=total_steps, account_flops=False,
+            delta_t=delta_t, total_steps=total_steps, account_flops=False, mask_cache=mask_cache,
         )  # fmt: skip
     return model, optimizer, sp
 
@@ -194,14 +200,17 @@ def memory_child(arm: str) -> None:
     x, y = mnist_batch(64)
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_kib("VmRSS")
-    model, optimizer, sp = mlp_arm(arm, 0.05, rule="rigl", total_steps=100, delta_t=2)
+    backend, _, cache = arm.partition("_")  # masked_nocache: the masked path without cached float masks
+    model, optimizer, sp = mlp_arm(
+        backend, 0.05, rule="rigl", total_steps=100, delta_t=2, mask_cache=cache != "nocache"
+    )
     for _ in range(4):  # two RigL updates (after steps 2 and 4) in the measured window
         train_step(model, optimizer, sp, x, y)
     print(_status_kib("VmHWM") - base)
 
 
 def part_memory(repeats: int = 2) -> dict:
-    samples: dict[str, list[float]] = {"dense": [], "masked": [], "auto": []}
+    samples: dict[str, list[float]] = {"dense": [], "masked": [], "masked_nocache": [], "auto": []}
     for _ in range(repeats):
         for arm in samples:
             proc = subprocess.run(
@@ -211,6 +220,7 @@ def part_memory(repeats: int = 2) -> dict:
     out = {f"{k}_peak_growth_mib": statistics.median(v) for k, v in samples.items()}
     out["auto_over_dense"] = out["auto_peak_growth_mib"] / out["dense_peak_growth_mib"]
     out["masked_over_dense"] = out["masked_peak_growth_mib"] / out["dense_peak_growth_mib"]
+    out["masked_nocache_over_dense"] = out["masked_nocache_peak_growth_mib"] / out["dense_peak_growth_mib"]
     return out
 
 
@@ -292,7 +302,11 @@ def main() -> None:
                 print(f"plan: {per[part]['plan_share_at_delta_t_100']:.2%} of run time at ΔT=100", flush=True)
             elif part == "memory" and threads == args.threads[0]:
                 per[part] = part_memory()
-                print(f"memory: auto/dense peak {per[part]['auto_over_dense']:.2f}", flush=True)
+                print(
+                    "memory: peak over dense: "
+                    + json.dumps({k: round(v, 3) for k, v in per[part].items() if k.endswith("over_dense")}),
+                    flush=True,
+                )
             elif part == "export":
                 per[part] = part_export(args.rounds)
                 print(f"export: CSR forward {per[part]['csr_export']['cpu']['median']:.2f}x dense", flush=True)

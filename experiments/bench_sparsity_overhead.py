@@ -43,6 +43,7 @@ from sparseforge.sparsity import Sparsifier  # noqa: E402
 
 DENSITY = 0.1
 DELTA_T = 100
+MASK_CACHE = True  # sparsity.mask_cache (--no-mask-cache: through the bool masks, no float copies)
 DROP_FRACTION = 0.3  # RigL's initial drop fraction: the most expensive update of a run
 
 
@@ -92,6 +93,7 @@ def make_sparsifier(variant: str, model, optimizer, total_steps: int, model_name
         delta_t=DELTA_T,
         total_steps=total_steps,
         include=MODELS[model_name][3],
+        mask_cache=MASK_CACHE,
     )
 
 
@@ -201,8 +203,9 @@ def memory_child(model_name: str, variant: str, batch: int) -> None:
     if variant != "dense":
         include = MODELS[model_name][3]
         sp = Sparsifier(
-            model, optimizer, density=DENSITY, update_rule=variant, delta_t=2, total_steps=100, include=include
-        )
+            model, optimizer, density=DENSITY, update_rule=variant, delta_t=2, total_steps=100, include=include,
+            mask_cache=MASK_CACHE,
+        )  # fmt: skip
     for x, y in batches:
         step(model, optimizer, sp, x, y)
     if sp is not None and variant == "rigl":
@@ -216,7 +219,8 @@ def memory(model_name: str, batch: int, repeats: int = 3) -> dict:
     for _ in range(repeats):
         for variant in samples:
             proc = subprocess.run(
-                [sys.executable, __file__, "--memory-child", model_name, variant, "--batch", str(batch)],
+                [sys.executable, __file__, "--memory-child", model_name, variant, "--batch", str(batch)]
+                + ([] if MASK_CACHE else ["--no-mask-cache"]),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -251,7 +255,12 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "VARIANT"))
+    parser.add_argument(
+        "--no-mask-cache", action="store_true", help="sparsity.mask_cache=false: mask through the bool masks"
+    )
     args = parser.parse_args()
+    global MASK_CACHE
+    MASK_CACHE = not args.no_mask_cache
     if args.memory_child:
         memory_child(*args.memory_child, batch=args.batch)
         return
@@ -262,7 +271,14 @@ def main() -> None:
             f"--steps {args.steps} < ΔT={DELTA_T}: no update inside the timed period (amortised from its measured cost)"
         )
     torch.set_num_threads(args.threads)
-    result = {"density": DENSITY, "delta_t": DELTA_T, "threads": args.threads, "clock": args.clock, "models": {}}
+    result = {
+        "density": DENSITY,
+        "delta_t": DELTA_T,
+        "threads": args.threads,
+        "clock": args.clock,
+        "mask_cache": MASK_CACHE,
+        "models": {},
+    }
     for name in args.models:
         batch = args.batch or MODELS[name][2]
         m = None

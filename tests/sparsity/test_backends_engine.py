@@ -205,8 +205,10 @@ def test_after_set_masks_and_after_load_the_new_plan_is_used():
     torch.testing.assert_close(model(x), reference_model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_frozen_gradient_masks_hold_compressed_weights_still():
-    model, optimizer, sp = build("csr", rule="static")
+@pytest.mark.parametrize("backend,options", [("csr", {}), ("masked", {"mask_cache": False})])
+def test_frozen_gradient_masks_hold_weights_still(backend, options):
+    # compressed values, and the masked path through the bool masks (no float copies)
+    model, optimizer, sp = build(backend, rule="static", **options)
     name = "features.1"
     active = sp.masks[name]
     frozen = active & (torch.rand(active.shape, generator=torch.Generator().manual_seed(3)) < 0.5)
@@ -216,6 +218,7 @@ def test_frozen_gradient_masks_hold_compressed_weights_still():
     after = model.get_submodule(name).weight.detach()
     assert torch.equal(after[frozen], before[frozen])
     assert bool((after[active & ~frozen] != before[active & ~frozen]).any())
+    assert torch.count_nonzero(after[~active]) == 0
 
 
 def test_model_density_and_flops_count_the_dense_shapes():
@@ -308,3 +311,19 @@ def test_auto_times_again_when_a_layers_density_moves_by_more_than_ten_percent()
     assert choices["features.1"]["timings"] == 2
     assert choices["features.1"]["density"] == pytest.approx(float(more.float().mean()))
     assert sp.execution.layers["features.1"].values.numel() == int(more.sum())  # the count changed too
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum_wd", "adamw"])
+def test_masked_path_without_a_mask_cache_trains_the_same_and_holds_no_copy(opt):
+    # mask_cache=false zeroes through the bool masks (torch.where) instead of float copies: the
+    # same weights, masks and RigL choices (x * 0.0 may be -0.0 where where() writes +0.0: equal)
+    cached, bare = build("masked", opt=opt), build("masked", opt=opt, mask_cache=False)
+    for arm in (cached, bare):
+        train(*arm, batches(12))  # three RigL updates (delta_t=4)
+    assert cached[2].updates_done == bare[2].updates_done == 3
+    for name in cached[2].masks:
+        assert torch.equal(cached[2].masks[name], bare[2].masks[name])
+    for (key, a), b in zip(cached[0].state_dict().items(), bare[0].state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    assert cached[2].masks.factor_cache_bytes() > 0
+    assert bare[2].masks.factor_cache_bytes() == 0 and not bare[2].masks._factors

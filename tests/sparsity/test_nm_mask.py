@@ -10,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseforge.sparsity.nm.mask import group_counts, is_2to4_pattern, nm_mask, satisfies_2to4, satisfies_nm
+from sparseforge.sparsity.nm.mask import (
+    group_counts,
+    is_2to4_pattern,
+    nm_mask,
+    nm_mask_and_factor,
+    satisfies_2to4,
+    satisfies_nm,
+)
 
 PATTERNS = [(2, 4), (1, 4), (1, 8), (1, 16), (1, 32), (3, 8), (1, 2)]
 
@@ -142,3 +149,57 @@ def test_fast_paths_agree_with_the_stable_sort_rule_even_with_ties(nm, rows, lev
     order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
     reference = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, order, True).reshape(w.shape)
     assert torch.equal(nm_mask(w, n, m), reference)
+
+
+def _stable_sort_mask(w: torch.Tensor, n: int, m: int, dim: int) -> torch.Tensor:
+    """The rule by definition: per group, the n largest |w| by a stable descending sort."""
+    grouped = w.movedim(dim, -1)
+    groups = grouped.abs().reshape(-1, m)
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, order, True)
+    return keep.reshape(grouped.shape).movedim(-1, dim)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    nm=st.sampled_from([(1, 2), (1, 4), (2, 4), (1, 8), (2, 8), (1, 32)]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    special=st.sampled_from(["none", "ties", "zeros", "inf", "nan", "negative_zero", "tiny"]),
+    dim=st.sampled_from([0, 1]),
+    rows=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_mask_in_the_weight_dtype_is_the_stable_sort_rule_with_any_values(nm, dtype, special, dim, rows, seed):
+    # the 1:M / 2:M fast path (integer max over the bits, one tie count) must give the rule's mask
+    # bit for bit, and fall back to it on ties, zeros, inf, NaN, -0.0 and subnormal values
+    n, m = nm
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(2 * m, rows * m, generator=g, dtype=torch.float64)
+    if special == "ties":
+        w = w.round()
+    elif special == "zeros":
+        w[:, ::3] = 0.0
+    elif special in ("inf", "nan"):
+        w[0, 1] = float(special)
+        w[1, -1] = -float(special)
+    elif special == "negative_zero":
+        w[:, ::2] = -0.0
+    elif special == "tiny":
+        w = w * torch.finfo(dtype).tiny / 4  # subnormal in the weight's dtype
+    w = w.to(dtype)
+    keep, factor = nm_mask_and_factor(w, n, m, dim)
+    reference = _stable_sort_mask(w, n, m, dim)
+    assert torch.equal(nm_mask(w, n, m, dim), reference)
+    assert factor.dtype == dtype and torch.equal(factor, reference.to(dtype))
+    assert keep is None or torch.equal(keep, reference)
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (1, 8), (2, 8)])
+def test_a_nan_group_and_a_tied_group_do_not_cancel_out_in_the_tie_count(n, m):
+    # the NaN group gets fewer than n entries and the tied group more: one count alone would balance
+    w = torch.rand(3, 2 * m) + 0.5
+    w[0, 0] = float("nan")
+    w[1, : n + 1] = 5.0  # n + 1 equal maxima
+    assert torch.equal(nm_mask(w, n, m), _stable_sort_mask(w, n, m, 1))
+    keep, factor = nm_mask_and_factor(w, n, m)
+    assert torch.equal(factor, _stable_sort_mask(w, n, m, 1).float())

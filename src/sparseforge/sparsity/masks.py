@@ -4,7 +4,9 @@ One boolean mask per sparse layer weight, keyed by module name. The object
 
 - keeps pruned weights exactly zero: ``mask_grads_()`` before the optimizer step and
   ``apply_()`` after it (in place, one ``torch._foreach_mul_`` over all layers with a copy of each
-  mask in the weight's dtype, cached per mask; the bool masks stay the truth);
+  mask in the weight's dtype, cached per mask; the bool masks stay the truth). With
+  ``cache_factors=False`` no copy is kept: ``torch.where`` on the bool masks, about 4x slower on
+  a CPU but with no memory beyond the masks;
 - changes topology only through ``set_masks()``, which zeroes new connections, resets their
   optimizer state (every state tensor shaped like the weight: SGD ``momentum_buffer``, Adam/AdamW
   ``exp_avg``/``exp_avg_sq``, ...), records which weights were ever active (ITOP) and checks
@@ -33,7 +35,13 @@ class MaskInvariantError(AssertionError):
 
 
 class MaskSet:
-    def __init__(self, layers: Mapping[str, nn.Module], masks: MaskDict, target_nnz: Mapping[str, int] | None = None):
+    def __init__(
+        self,
+        layers: Mapping[str, nn.Module],
+        masks: MaskDict,
+        target_nnz: Mapping[str, int] | None = None,
+        cache_factors: bool = True,
+    ):
         if set(layers) != set(masks):
             raise ValueError(f"masks for {sorted(masks)} but layers {sorted(layers)}")
         self.layers = dict(layers)
@@ -53,7 +61,9 @@ class MaskSet:
         # backend, ``sparsity.backends``): they hold no pruned entries, so the dense masking
         # passes skip them and topology changes are handed to them (``remap``/``reload``).
         self.compressed: dict[str, Any] = {}
-        # (kind, layer) -> (the mask it copies, (its version, dtype, device), the copy)
+        # (kind, layer) -> (the mask it copies, (its version, dtype, device), the copy); kept only
+        # with cache_factors (speed for memory: 4 bytes per sparse weight in fp32)
+        self.cache_factors = bool(cache_factors)
         self._factors: dict[tuple[str, str], tuple[torch.Tensor, tuple, torch.Tensor]] = {}
 
     # -- access --------------------------------------------------------------------------------------
@@ -130,12 +140,24 @@ class MaskSet:
     def _dense_names(self) -> list[str]:
         return [name for name in self.masks if name not in self.compressed]
 
+    def _zero_outside_(self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None) -> None:
+        """``tensors[i]`` zeroed, in place, where the mask of ``names[i]`` is False."""
+        masks = [self.masks[n] for n in names] if masks is None else masks
+        if self.cache_factors:
+            factors = [self.factor(n, mask, kind) for n, mask in zip(names, masks, strict=True)]
+            torch._foreach_mul_(tensors, factors)
+            return
+        for tensor, mask in zip(tensors, masks, strict=True):
+            # where() reads the bool mask directly (multiplying by it goes through a slower casting
+            # path); the output may be its own input: one pass, no temporary
+            torch.where(mask, tensor, tensor.new_zeros(()), out=tensor)
+
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every pruned weight, in place (compressed layers hold no pruned entries)."""
         names = self._dense_names()
         if names:
-            torch._foreach_mul_([self.weight(n) for n in names], [self.factor(n) for n in names])
+            self._zero_outside_([self.weight(n) for n in names], names)
 
     @torch.no_grad()
     def mask_grads_(self, pruned: bool = True) -> None:
@@ -146,14 +168,14 @@ class MaskSet:
         reads; ``after_step`` zeroes those weights again either way."""
         names = [n for n in self._dense_names() if pruned and self.weight(n).grad is not None]
         if names:
-            torch._foreach_mul_([self.weight(n).grad for n in names], [self.factor(n) for n in names])
+            self._zero_outside_([self.weight(n).grad for n in names], names)
         for name, gmask in self.grad_masks.items():
             if name in self.compressed:
                 self.compressed[name].mask_values_grad_(gmask)
                 continue
             grad = self.weight(name).grad
             if grad is not None:
-                grad.mul_(self.factor(name, gmask, kind="grad"))
+                self._zero_outside_([grad], [name], kind="grad", masks=[gmask])
 
     @torch.no_grad()
     def active_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,7 +82,7 @@ class Sparsifier:
             layers = options.sparse_layers(model)
             nnz = options.layer_nnz(layers)
             masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
-            self.masks = MaskSet(layers, masks, nnz)
+            self.masks = MaskSet(layers, masks, nnz, cache_factors=options.mask_cache)
             self.rule = rule_class(options.update_rule)(options.rule)
             self.masks.apply_()
             if options.rescale_init:

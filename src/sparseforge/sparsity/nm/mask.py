@@ -41,13 +41,30 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1) -> torch.Tensor:
     Computed from ``weight`` as given (pass the fp32 master weight, not an autocast copy: the
     ranking of magnitudes can change when values are rounded).
     """
+    keep, factor = nm_mask_and_factor(weight, n, m, dim)
+    return factor.bool() if keep is None else keep
+
+
+@torch.no_grad()
+def nm_mask_and_factor(weight: torch.Tensor, n: int, m: int, dim: int = 1) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(keep, factor)``: the mask of :func:`nm_mask` and the same mask in the weight's dtype
+    (1 kept, 0 pruned), what the forward pass multiplies by.
+
+    ``keep`` is None when the mask was computed in the weight's dtype (the fast path for 1:M
+    and 2:M): ``factor.bool()`` is the bool mask then, made only where it is needed.
+    """
     if not 0 < n <= m:
         raise ValueError(f"N:M needs 0 < N <= M, got {n}:{m}")
     w = weight.detach().movedim(dim, -1)
     if w.shape[-1] % m:
         raise ValueError(f"{_dim_name(dim)} dimension {w.shape[-1]} is not divisible by M={m}")
-    keep = _keep_largest(w.abs().reshape(-1, m), n)
-    return keep.reshape(w.shape).movedim(-1, dim)
+    groups = w.abs().reshape(-1, m)
+    if n <= 2 and n < m and groups.dtype in _SAME_SIZE_INT and groups.numel():
+        factor = _factor_by_max(groups, n)
+        if factor is not None:
+            return None, factor.reshape(w.shape).movedim(-1, dim)
+    keep = _keep_largest(groups, n).reshape(w.shape).movedim(-1, dim)
+    return keep, keep.to(weight.dtype)
 
 
 def _dim_name(dim: int) -> str:
@@ -57,17 +74,11 @@ def _dim_name(dim: int) -> str:
 def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
     """Per row, True at the ``n`` largest entries; among equal values the lower index wins.
 
-    A stable descending sort defines the rule. For small ``n`` (1:M, 2:M, the usual targets) the
-    mask comes from ``n`` passes of a per-group max instead: one reduction and one comparison per
-    pass, several times faster than a sort or ``argmax`` over rows of M. It is exact whenever no
-    group has a tie among the values it compares (checked with one count); otherwise the
-    tie-aware rule below decides.
+    A stable descending sort defines the rule; small ``n`` or ``m - n`` pick or drop entries one
+    at a time with ``argmax``/``argmin``, which give the same result. (For 1:M and 2:M without
+    ties, ``_factor_by_max`` is much faster and gives the same mask.)
     """
     m = groups.shape[1]
-    if n <= 2 and n < m:
-        keep = _keep_largest_by_max(groups, n)
-        if keep is not None:
-            return keep
     if min(n, m - n) > 2:
         order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
         return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device).scatter_(1, order, True)
@@ -90,22 +101,48 @@ def _keep_largest(groups: torch.Tensor, n: int) -> torch.Tensor:
     return keep
 
 
-def _keep_largest_by_max(groups: torch.Tensor, n: int) -> torch.Tensor | None:
-    """``n`` passes of "keep the entries equal to the group's max"; None if any pass met a tie
-    (or a NaN), where the position rule must decide."""
-    values = groups if n == 1 else groups.clone()
-    keep = None
-    for _ in range(n):
-        top = values.amax(dim=1, keepdim=True)
-        if bool(torch.isnan(top).any()):  # amax propagates NaN: the position rule decides
-            return None
-        is_max = values >= top  # == top (no NaN here); the >= kernel is the faster one
-        keep = is_max if keep is None else keep.logical_or_(is_max)
-        if n > 1:
-            values.masked_fill_(is_max, -torch.inf)
-    if int(keep.count_nonzero()) != n * groups.shape[0]:
-        return None  # a tie gave some group an extra entry
-    return keep
+#: The integer type of the same width: the bits of non-negative floats (|w|) sort like the values.
+_SAME_SIZE_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def _factor_by_max(groups: torch.Tensor, n: int) -> torch.Tensor | None:
+    """The N:M mask of ``groups`` (|w|, rows of M) in their dtype, by ``n`` passes of "keep the
+    entries equal to the group's max"; None if a group met a tie (or holds inf/NaN), where the
+    position rule must decide.
+
+    Why this shape of computation: on a CPU, reductions and broadcasts over rows of only M
+    entries, and every kernel that writes bool, run several times slower than plain elementwise
+    passes. So the group max is an integer ``amax`` over the bits (exact, and no NaN handling),
+    it is spread to the full shape by one contiguous copy, and the comparison writes the result
+    straight into that copy in the weight's dtype. A tie shows up as a group with more than
+    ``n`` entries, so one sum checks all groups: every group holds at least ``n``.
+    """
+    int_dtype = _SAME_SIZE_INT[groups.dtype]
+    values, factor = groups, None
+    for step in range(n):
+        top = values.view(int_dtype).amax(dim=1, keepdim=True)
+        if step == 0 and int(top.max()) >= _INF_BITS[groups.dtype]:
+            return None  # inf or NaN: the position rule decides
+        top = top.view(groups.dtype).expand(values.shape).contiguous()
+        is_max = torch.ge(values, top, out=top)  # 1 where |w| is its group's max, else 0
+        if step + 1 < n:  # zero the maxima (exactly: x - x * 1 = 0, x - x * 0 = x) for the next pass
+            values = torch.addcmul(values, values, is_max, value=-1)
+        factor = is_max if factor is None else factor.add_(is_max)
+    # a tie in a group leaves it more than n entries (or an entry at 2): count them all at once
+    total = factor.sum(dtype=torch.float32 if factor.numel() < 2**24 else torch.float64)
+    if int(total) != n * groups.shape[0]:
+        return None
+    return factor
+
+
+_INF_BITS = {
+    dtype: int(torch.tensor(float("inf"), dtype=dtype).view(int_dtype)) for dtype, int_dtype in _SAME_SIZE_INT.items()
+}
 
 
 def group_counts(tensor: torch.Tensor, m: int, dim: int = 1) -> torch.Tensor:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sparseforge.sparsity.nm.mask import nm_mask
+from sparseforge.sparsity.nm.mask import nm_mask_and_factor
 from sparseforge.sparsity.nm.schedule import NMSchedule, Phase
 
 
@@ -82,10 +82,11 @@ class NMWeight(nn.Module):
         self._position: tuple[int, int] | None = (0, 0)
         # () -> current fp16 loss scale (a tensor), set by the trainer glue under 16-mixed; not state
         self.loss_scale: Callable[[], torch.Tensor | None] | None = None
-        # (key, keep, factor): the mask of the last weight seen. The key holds the weight's version
-        # counter, which every in-place change (optimizer step, load) bumps: evaluation and the
-        # micro-batches of an accumulated step reuse the mask of the step that made the weight.
-        self._mask_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        # (key, keep, factor): the mask of the last weight seen (keep None until someone asks for
+        # the bool form). The key holds the weight's version counter, which every in-place change
+        # (optimizer step, load) bumps: evaluation and the micro-batches of an accumulated step
+        # reuse the mask of the step that made the weight.
+        self._mask_cache: tuple[tuple, torch.Tensor | None, torch.Tensor] | None = None
 
     # -- schedule position ----------------------------------------------------------------------
     def set_position(self, clock: int, total: int) -> None:
@@ -120,20 +121,33 @@ class NMWeight(nn.Module):
         phase = self.phase()
         if phase.dense:
             return weight
-        keep, factor = self.mask(weight, phase.n, phase.m)
         schedule = self.schedule
+        if phase.alpha == 0.0:  # the binary mask: the bool copy is not needed
+            keep, factor = None, self.factor(weight, phase.n, phase.m)
+        else:
+            keep, factor = self.mask(weight, phase.n, phase.m)
         sr_lambda = schedule.srste_lambda if schedule.mode == "srste" else 0.0
         exact_grad = schedule.mode == "mdgf" and schedule.decay_backward == "autograd"
         return _NMMaskedWeight.apply(weight, keep, factor, phase.alpha, sr_lambda, exact_grad, self.loss_scale)
 
     def mask(self, weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(bool mask, the mask in the weight's dtype), recomputed only when the weight changed."""
+        factor = self.factor(weight, n, m)
+        key, keep, _ = self._mask_cache
+        if keep is None:  # computed in the weight's dtype: make the bool copy once, on demand
+            keep = factor.bool()
+            self._mask_cache = (key, keep, factor)
+        return keep, factor
+
+    def factor(self, weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+        """The mask in the weight's dtype (what the forward pass multiplies by), cached per weight
+        version like :meth:`mask`."""
         key = (weight._version, weight.data_ptr(), n, m, weight.dtype, weight.device)
         cached = self._mask_cache
         if cached is None or cached[0] != key:
-            keep = nm_mask(weight, n, m, self.group_dim)
-            cached = self._mask_cache = (key, keep, keep.to(weight.dtype))
-        return cached[1], cached[2]
+            keep, factor = nm_mask_and_factor(weight, n, m, self.group_dim)
+            cached = self._mask_cache = (key, keep, factor)
+        return cached[2]
 
     def mask_recomputations_key(self) -> tuple | None:
         """The key of the cached mask (tests and tools: did the mask get recomputed?)."""
