@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from sparseforge.train import train
 from tests.helpers.cl import one_thread
 from tests.helpers.config import compose_config
@@ -70,3 +72,44 @@ if __name__ == "__main__" and "--write-reference" in sys.argv:
     import tempfile
 
     write_reference(Path(tempfile.mkdtemp(prefix="step-logging-reference-")))
+
+
+def reference() -> dict:
+    return json.loads(REFERENCE.read_text())
+
+
+def per_epoch(logged: dict) -> dict:
+    """Every logged metric but the per-step training loss (per epoch, per task, per update)."""
+    return {k: v for k, v in logged.items() if k != STEP_LOSS}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_per_step_logging_writes_every_row_it_wrote_before(method, tmp_path):
+    """With ``trainer.log_every_n_steps=1`` (a per-step curve) every row of metrics.csv, the
+    per-step loss included, and both accuracy matrices are those of the reference."""
+    expected = reference()[method]
+    got = run_method(method, tmp_path / "run", ["trainer.log_every_n_steps=1"])
+    assert got["acc_matrix"] == expected["acc_matrix"]
+    assert got["acc_matrix_task_il"] == expected["acc_matrix_task_il"]
+    assert got["logged"] == expected["logged"]
+
+
+@pytest.mark.parametrize("method", ["finetune", "derpp"])
+def test_default_logging_writes_the_same_epoch_metrics_and_the_mean_loss_of_each_window(method, tmp_path):
+    """At the default ``log_every_n_steps`` (10) the per-epoch and per-task rows are the
+    reference's, and the loss row at step s is the mean of the reference's per-step losses over
+    the 10 steps ending at s (the steps since the row before)."""
+    expected = reference()[method]
+    got = run_method(method, tmp_path / "run")
+    assert got["acc_matrix"] == expected["acc_matrix"]
+    assert per_epoch(got["logged"]) == per_epoch(expected["logged"])
+    per_step = dict(expected["logged"][STEP_LOSS])  # step -> that step's loss
+    rows = got["logged"][STEP_LOSS]
+    assert [s for s, _ in rows] == [s for s in per_step if (s + 1) % 10 == 0]
+    for step, value in rows:
+        window = [per_step[s] for s in range(step - 9, step + 1)]
+        assert value == pytest.approx(sum(window) / 10, rel=1e-6)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    last = max(per_step)  # the run's last steps, since the last row, as its summary's train/loss
+    tail = [per_step[s] for s in range(rows[-1][0] + 1, last + 1)] or [per_step[last]]
+    assert summary["metrics"]["train/loss"] == pytest.approx(sum(tail) / len(tail), rel=1e-6)
