@@ -113,3 +113,42 @@ def test_default_logging_writes_the_same_epoch_metrics_and_the_mean_loss_of_each
     last = max(per_step)  # the run's last steps, since the last row, as its summary's train/loss
     tail = [per_step[s] for s in range(rows[-1][0] + 1, last + 1)] or [per_step[last]]
     assert summary["metrics"]["train/loss"] == pytest.approx(sum(tail) / len(tail), rel=1e-6)
+
+
+def test_with_gradient_accumulation_a_row_is_written_once_per_optimizer_step(tmp_path):
+    """Lightning writes after the batch that steps; the row holds the mean over every batch since
+    the row before (here the two batches of each step)."""
+    got = run_method("finetune", tmp_path / "run", ["trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1"])
+    steps = [s for s, _ in got["logged"][STEP_LOSS]]
+    assert steps == list(range(len(steps))) and len(steps) > 100
+
+
+def test_a_checkpoint_written_by_torchmetrics_accuracy_resumes_the_epochs_count():
+    """Checkpoints from inside an epoch hold the training accuracy's counts; older ones hold
+    torchmetrics' (micro MulticlassAccuracy: tp, fp, tn, fn), which still load."""
+    import torch
+
+    from sparseforge.methods import Finetune
+
+    method = Finetune(torch.nn.Linear(2, 3), optimizer=None)
+    old = {"num_classes": 3, "update_count": 2, "tp": torch.tensor(7), "fp": torch.tensor(3)}
+    method.on_load_checkpoint({"train_accuracy": {**old, "tn": torch.tensor(17), "fn": torch.tensor(3)}})
+    assert (int(method._train_correct), method._train_seen) == (7, 10)
+    saved: dict = {}
+    method.on_save_checkpoint(saved)
+    assert saved["train_accuracy"] == {"correct": 7, "seen": 10}
+
+
+def test_a_run_resumed_inside_a_window_logs_the_rows_of_the_uninterrupted_run(tmp_path):
+    """The sums of a window that a checkpoint cuts are in the checkpoint: the row after the resume
+    averages the same steps as in the uninterrupted run (digits at batch 10: 27 steps a task)."""
+    from tests.helpers.cl import Crash
+
+    common = ["callbacks.model_checkpoint.every_n_train_steps=4", "trainer.log_every_n_steps=10"]
+    crash = ["+callbacks.crash._target_=tests.helpers.cl.crash_at_step", "+callbacks.crash.step=36"]
+    full = run_method("derpp", tmp_path / "full", common)
+    with pytest.raises(Crash):
+        run_method("derpp", tmp_path / "part", [*common, *crash])
+    part = run_method("derpp", tmp_path / "part", [*common, "ckpt_path=auto"])
+    assert part["logged"] == full["logged"]
+    assert part["acc_matrix"] == full["acc_matrix"]
