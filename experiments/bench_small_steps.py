@@ -26,6 +26,10 @@ checkpoint; not the final heat map or summary) minus the hand pieces inside. The
 two is the median over rounds. When the hand loop really does the same work, both arms compute
 the same accuracy matrix, bit for bit (``same_accuracy_matrix``).
 
+A third arm shows what Lightning's automatic-optimisation loop alone costs on this work: a bare
+LightningModule (the same MLP, normalisation, loss and SGD over the same batches as tuples; no
+callbacks, logger, progress bar or checkpoints) in lock-step with the hand loop's training steps.
+
 Then the whole process of the command a user types, in a fresh subprocess per round::
 
     python train.py +experiment=split_mnist sparsity=dense method=finetune optimizer.lr=0.03 \
@@ -260,65 +264,137 @@ def hand_loop(method: str, data, out_dir: Path, result: dict):
 
 
 # -- sparseforge, in process ---------------------------------------------------------------------------
-def interleaved_run(method: str, data, out_dir: Path) -> dict:
-    """One sparseforge fit with the hand loop in lock-step: after each of sparseforge's training
-    batches one hand step, after each of its epochs (tasks) the hand loop's evaluation and
-    checkpoint. Both arms therefore meet the same machine load, millisecond by millisecond.
-    Each hand piece is timed (wall and CPU); sparseforge's training part is the time from
-    ``on_train_start`` to ``on_train_end`` minus the hand pieces inside it."""
+class HandClock:
+    """Drives the hand loop one piece at a time and times each piece, by kind ("step", "task")."""
+
+    def __init__(self, hand):
+        self.hand = hand
+        self.wall = {"step": 0.0, "task": 0.0}
+        self.cpu = {"step": 0.0, "task": 0.0}
+
+    def advance(self, expected: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        got = next(self.hand)
+        self.wall[expected] += time.perf_counter() - wall
+        self.cpu[expected] += time.process_time() - cpu
+        if got != expected:
+            raise RuntimeError(f"the hand loop is out of step: {got} where the framework did a {expected}")
+
+    def finish(self) -> None:
+        if next(self.hand, "done") != "done":
+            raise RuntimeError("the hand loop has steps left after the framework finished")
+
+
+def lock_step(clock: HandClock, marks: dict):
+    """A callback, first in the list: after each training batch one hand step, after each epoch
+    (a task) the hand loop's evaluation and checkpoint (before the framework's own), and the
+    window from ``on_train_start`` to ``on_train_end`` (before the task loop's heat map)."""
     import lightning.pytorch as pl
 
+    class LockStep(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            marks["wall"], marks["cpu"] = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.advance("step")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            clock.advance("task")
+
+        def on_train_end(self, trainer, pl_module):
+            marks["wall"] = time.perf_counter() - marks["wall"]
+            marks["cpu"] = time.process_time() - marks["cpu"]
+
+    return LockStep()
+
+
+def interleaved_run(method: str, data, out_dir: Path) -> dict:
+    """One sparseforge fit with the hand loop in lock-step. sparseforge's training part is the
+    window of the lock-step callback minus the hand pieces inside it."""
     from sparseforge.config.compose import compose_run_config
     from sparseforge.lightning.continual_loop import ContinualLoop
     from sparseforge.train import apply_last, build
 
     hand_result: dict = {}
-    hand = hand_loop(method, data, out_dir / "hand", hand_result)
     (out_dir / "hand").mkdir(parents=True)
-    clock = {"hand_wall": 0.0, "hand_cpu": 0.0}
-
-    def advance(expected: str) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        got = next(hand)
-        clock["hand_wall"] += time.perf_counter() - wall
-        clock["hand_cpu"] += time.process_time() - cpu
-        if got != expected:
-            raise RuntimeError(f"the hand loop is out of step: {got} where sparseforge did a {expected}")
-
-    class LockStep(pl.Callback):
-        """First in the list: on_train_end runs before the task loop's heat map and report, and
-        the hand loop's task end runs before sparseforge's evaluation and checkpoint."""
-
-        def on_train_start(self, trainer, pl_module):
-            clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            advance("step")
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            advance("task")
-
-        def on_train_end(self, trainer, pl_module):
-            clock["wall"] = time.perf_counter() - clock["wall"]
-            clock["cpu"] = time.process_time() - clock["cpu"]
-
+    clock, marks = HandClock(hand_loop(method, data, out_dir / "hand", hand_result)), {}
     cfg = compose_run_config(framework_overrides(method), out_dir / "sparseforge")
     apply_last(cfg)
     run = build(cfg)
-    run.trainer.callbacks.insert(0, LockStep())
+    run.trainer.callbacks.insert(0, lock_step(clock, marks))
     run.trainer.fit(run.method, datamodule=run.datamodule)
-    if next(hand, "done") != "done":
-        raise RuntimeError("the hand loop has steps left after sparseforge finished")
+    clock.finish()
     loop = next(c for c in run.trainer.callbacks if isinstance(c, ContinualLoop))
+    hand_wall, hand_cpu = sum(clock.wall.values()), sum(clock.cpu.values())
     return {
-        "framework_wall_s": clock["wall"] - clock["hand_wall"],
-        "framework_cpu_s": clock["cpu"] - clock["hand_cpu"],
-        "hand_wall_s": clock["hand_wall"],
-        "hand_cpu_s": clock["hand_cpu"],
+        "framework_wall_s": marks["wall"] - hand_wall,
+        "framework_cpu_s": marks["cpu"] - hand_cpu,
+        "hand_wall_s": hand_wall,
+        "hand_cpu_s": hand_cpu,
         "steps": run.trainer.global_step,
         "hand_steps": hand_result["steps"],
         "same_accuracy_matrix": loop.acc == hand_result["acc_matrix"],
         "final_avg_acc": sum(loop.acc[-1]) / len(loop.acc[-1]),
+    }
+
+
+def lightning_floor_run(data, out_dir: Path) -> dict:
+    """What Lightning's automatic-optimisation loop alone costs on this work: a bare
+    LightningModule (the MLP, normalisation, cross-entropy, SGD) over the same batches as plain
+    tuples, no callbacks, logger, progress bar or checkpoints, against the hand loop's training
+    steps (finetune), in lock-step. Neither evaluation nor checkpoints are counted on either side."""
+    import lightning.pytorch as pl
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    train_x, train_y = data[0], data[1]
+    mean, std = torch.tensor([MEAN]).view(1, 1, 1, 1), torch.tensor([STD]).view(1, 1, 1, 1)
+    epochs = []
+    for t in range(5):
+        index = torch.nonzero(torch.isin(train_y, torch.tensor([2 * t, 2 * t + 1]))).flatten()
+        order = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(SEED * 1_000_003 + t))]
+        epochs.append(
+            [(train_x[order[i : i + BATCH]], train_y[order[i : i + BATCH]]) for i in range(0, len(order), BATCH)]
+        )
+
+    class Bare(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            layers = [nn.Linear(784, 100), nn.ReLU(inplace=True), nn.Linear(100, 100), nn.ReLU(inplace=True)]
+            self.model = nn.Sequential(nn.Flatten(), *layers, nn.Linear(100, 10))
+
+        def training_step(self, batch, batch_idx):
+            raw, y = batch
+            return F.cross_entropy(self.model((raw.float().div_(255.0) - mean) / std), y)
+
+        def train_dataloader(self):
+            return epochs[self.current_epoch]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=METHODS["finetune"]["lr"])
+
+    hand_result: dict = {}
+    (out_dir / "hand").mkdir(parents=True)
+    clock, marks = HandClock(hand_loop("finetune", data, out_dir / "hand", hand_result)), {}
+    trainer = pl.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[lock_step(clock, marks)],
+    )
+    trainer.fit(Bare())
+    clock.finish()
+    hand_all_wall, hand_all_cpu = sum(clock.wall.values()), sum(clock.cpu.values())
+    return {
+        "lightning_wall_s": marks["wall"] - hand_all_wall,
+        "lightning_cpu_s": marks["cpu"] - hand_all_cpu,
+        "hand_steps_wall_s": clock.wall["step"],
+        "hand_steps_cpu_s": clock.cpu["step"],
     }
 
 
@@ -400,6 +476,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--process-runs", type=int, default=None, help="whole-process runs (default: one per round)")
     p.add_argument("--skip-process", action="store_true")
+    p.add_argument("--skip-floor", action="store_true", help="skip the bare-Lightning arm")
     a = p.parse_args()
     data_dir = os.environ.get("SPARSEFORGE_DATA_DIR")
     if not data_dir or not (Path(data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
@@ -412,6 +489,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {m: [] for m in a.methods}
     process_runs = a.process_runs if a.process_runs is not None else a.rounds
     processes: list[dict] = []
+    floors: list[dict] = []
     for r in range(a.rounds):
         for method in a.methods:
             x = interleaved_run(method, data, tmp / f"{method}_{r}")
@@ -425,6 +503,12 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        if not a.skip_floor:
+            x = lightning_floor_run(data, tmp / f"floor_{r}")
+            x["wall_ratio"] = x["lightning_wall_s"] / x["hand_steps_wall_s"]
+            x["cpu_ratio"] = x["lightning_cpu_s"] / x["hand_steps_cpu_s"]
+            floors.append(x)
+            print(f"round {r} bare Lightning / hand steps: CPU {x['cpu_ratio']:.3f}", file=sys.stderr, flush=True)
         if not a.skip_process and r < process_runs:
             processes.append(whole_process(tmp))
             print(f"round {r} whole process: {processes[-1]}", file=sys.stderr, flush=True)
@@ -459,6 +543,15 @@ def main() -> None:
             f"{m['training_part_ratio_cpu']} CPU ({m['framework_ms_per_step_wall']} vs {m['hand_ms_per_step_wall']} "
             f"ms/step); same accuracy matrix: {m['same_accuracy_matrix']}"
         )
+    if floors:
+        figures["lightning_floor"] = {
+            "what": "bare LightningModule, automatic optimisation, no callbacks/logger/bar/checkpoints, "
+            "vs the hand loop's finetune steps (no evaluation on either side)",
+            "ratio_cpu": median_of(floors, "cpu_ratio"),
+            "ratio_wall": median_of(floors, "wall_ratio"),
+            "ratio_cpu_per_round": [round(x["cpu_ratio"], 3) for x in floors],
+        }
+        print(f"bare Lightning loop / hand-written steps: {figures['lightning_floor']['ratio_cpu']} CPU")
     if processes:
         proc = {k: median_of(processes, k) for k in processes[0]}
         proc["runs"] = len(processes)
