@@ -358,6 +358,16 @@ def lightning_floor_run(data, out_dir: Path) -> dict:
             [(train_x[order[i : i + BATCH]], train_y[order[i : i + BATCH]]) for i in range(0, len(order), BATCH)]
         )
 
+    class Batches:  # an iterable with a length (a list would be read as several loaders)
+        def __init__(self, items):
+            self.items = items
+
+        def __iter__(self):
+            return iter(self.items)
+
+        def __len__(self):
+            return len(self.items)
+
     class Bare(pl.LightningModule):
         def __init__(self):
             super().__init__()
@@ -369,7 +379,7 @@ def lightning_floor_run(data, out_dir: Path) -> dict:
             return F.cross_entropy(self.model((raw.float().div_(255.0) - mean) / std), y)
 
         def train_dataloader(self):
-            return epochs[self.current_epoch]
+            return Batches(epochs[self.current_epoch])
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=METHODS["finetune"]["lr"])

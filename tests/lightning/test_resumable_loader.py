@@ -19,14 +19,17 @@ def loader(n: int, batch_size: int, seed: int, drop_last: bool) -> ResumableLoad
     )
 
 
+# a pass: examples, batch size, the permutation's seed, whether the last short batch is dropped
+PASSES = {
+    "n": st.integers(1, 200),
+    "batch_size": st.integers(1, 64),
+    "seed": st.integers(0, 2**31 - 1),
+    "drop_last": st.booleans(),
+}
+
+
 @settings(max_examples=80, deadline=None)
-@given(
-    n=st.integers(1, 200),
-    batch_size=st.integers(1, 64),
-    seed=st.integers(0, 2**31 - 1),
-    drop_last=st.booleans(),
-    data=st.data(),
-)
+@given(**PASSES, data=st.data())
 def test_a_resumed_pass_serves_exactly_the_batches_after_the_saved_point(n, batch_size, seed, drop_last, data):
     full = [b.tolist() for b in loader(n, batch_size, seed, drop_last)]
     cut = data.draw(st.integers(0, len(full)), label="batches served before the checkpoint")
@@ -47,12 +50,7 @@ def test_a_resumed_pass_serves_exactly_the_batches_after_the_saved_point(n, batc
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    n=st.integers(1, 200),
-    batch_size=st.integers(1, 64),
-    seed=st.integers(0, 2**31 - 1),
-    drop_last=st.booleans(),
-)
+@given(**PASSES)
 def test_sliced_batches_are_the_batches_of_the_permutation(n, batch_size, seed, drop_last):
     """The datamodule's batch sampler slices the permutation tensor; the batches are those a
     BatchSampler over the same permutation gives, as tensors."""
