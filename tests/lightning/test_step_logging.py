@@ -1,7 +1,7 @@
 """Per-step logging at batch 10: what a run logs per epoch, per task and per step.
 
 The reference file ``data/batch10_logged_metrics.json`` was written by the code that logged
-``train/loss`` with ``self.log`` on every step (commit 85633f3), by running this module as a
+``train/loss`` with ``self.log`` on every step (commit 45f052f), by running this module as a
 script: ``PYTHONPATH=src python -m tests.lightning.test_step_logging --write-reference``. It holds,
 for three methods trained on the digits at batch 10 with ``trainer.log_every_n_steps=1``, every
 metric row of metrics.csv and the accuracy matrices of summary.json.

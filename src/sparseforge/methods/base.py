@@ -320,11 +320,18 @@ class ContinualMethod(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # train/acc once per epoch, over every rank's examples. Subclasses that override this
         # hook call super().
-        if self._train_seen:
-            seen = torch.tensor(self._train_seen, device=self._train_correct.device)
-            counts = self.trainer.strategy.reduce(torch.stack([self._train_correct, seen]), reduce_op="sum")
-            self.log("train/acc", counts[0].float() / counts[1].float())
+        accuracy = self.epoch_train_accuracy()
+        if accuracy is not None:
+            self.log("train/acc", accuracy)
             self._train_correct, self._train_seen = None, 0
+
+    def epoch_train_accuracy(self) -> torch.Tensor | None:
+        """This epoch's training accuracy so far, over every rank's examples (None before any)."""
+        if not self._train_seen:
+            return None
+        seen = torch.tensor(self._train_seen, device=self._train_correct.device)
+        counts = self.trainer.strategy.reduce(torch.stack([self._train_correct, seen]), reduce_op="sum")
+        return counts[0].float() / counts[1].float()
 
     @property
     def datamodule(self):
