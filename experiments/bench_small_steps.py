@@ -311,15 +311,14 @@ def lock_step(clock: HandClock, marks: dict):
 def interleaved_run(method: str, data, out_dir: Path) -> dict:
     """One sparseforge fit with the hand loop in lock-step. sparseforge's training part is the
     window of the lock-step callback minus the hand pieces inside it."""
-    from sparseforge.config.compose import compose_run_config
+    from sparseforge.compose import compose_run_config
     from sparseforge.lightning.continual_loop import ContinualLoop
-    from sparseforge.train import apply_last, build
+    from sparseforge.train import build
 
     hand_result: dict = {}
     (out_dir / "hand").mkdir(parents=True)
     clock, marks = HandClock(hand_loop(method, data, out_dir / "hand", hand_result)), {}
     cfg = compose_run_config(framework_overrides(method), out_dir / "sparseforge")
-    apply_last(cfg)
     run = build(cfg)
     run.trainer.callbacks.insert(0, lock_step(clock, marks))
     run.trainer.fit(run.method, datamodule=run.datamodule)

@@ -117,12 +117,13 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
-    from sparseforge.lightning.profiler import NoProfiler
+    from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
     from sparseforge.lightning.progress import progress_bar
     from sparseforge.lightning.reproducibility import RNGStateCallback
     from sparseforge.lightning.train_metrics import TrainMetricsForSummary
 
     validate(cfg)
+    install_callback_dispatch()  # callbacks are called only at the hooks they implement
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, workers=True)
