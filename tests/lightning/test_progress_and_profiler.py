@@ -4,11 +4,10 @@ it, Lightning calls a callback only at the hooks it implements."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
-
-from sparseforge.lightning import progress
 from lightning.pytorch.profilers import SimpleProfiler
 from lightning.pytorch.trainer import call as lightning_call
 
+from sparseforge.lightning import progress
 from sparseforge.lightning.profiler import NoProfiler, implements, install_callback_dispatch
 from sparseforge.train import build
 from tests.helpers.cl import QUIET
