@@ -83,3 +83,19 @@ def test_the_datamodules_loader_serves_the_same_examples_with_or_without_workers
     resumed = dm.train_loader_for(index, epoch=2)
     resumed.load_state_dict({"batches_served": 4})
     assert [[t.tolist() for t in batch] for batch in resumed] == sliced[4:]
+
+
+def test_under_a_distributed_strategy_the_loader_keeps_the_permutation_as_its_sampler(data_dir):
+    """Lightning wraps a training loader's ``sampler`` in its distributed sampler; a loader with a
+    batch sampler has a sequential one there, so under DDP the batches are not slices."""
+    import lightning.pytorch as pl
+    from torch.utils.data import BatchSampler
+
+    write_mnist_like(data_dir, n_train=40, n_test=10)
+    dm = ContinualDataModule(MNIST(data_dir, download=False), ClassIncremental(n_tasks=1), batch_size=10, seed=4)
+    dm.setup()
+    dm.trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, logger=False, enable_progress_bar=False)
+    loader = dm.train_loader_for(dm.tasks[0].train_index, epoch=0)
+    assert isinstance(loader.sampler, EpochPermutation) and type(loader.batch_sampler) is BatchSampler
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    assert isinstance(dm.train_loader_for(dm.tasks[0].train_index, epoch=0).batch_sampler, SlicedBatches)

@@ -333,9 +333,7 @@ class ContinualDataModule(pl.LightningDataModule):
             examples = _TransformedImages(self.train_data, index, self._locate, self.train_per_image, order_seed)
         batching = (
             {"batch_sampler": SlicedBatches(order, self.batch_size, drop_last)}
-            # worker processes get lists (a tensor would go through shared memory); per-image
-            # transforms seed their RNG streams from the first position, an int
-            if self.num_workers == 0 and type(examples) is _IndexedImages
+            if self._serves_slices(examples)
             else {"sampler": order, "batch_size": self.batch_size, "drop_last": drop_last}
         )
         return ResumableLoader(
@@ -347,6 +345,17 @@ class ContinualDataModule(pl.LightningDataModule):
             collate_fn=_keep_batch,
             persistent_workers=False,
         )
+
+    def _serves_slices(self, examples) -> bool:
+        """Whether the loader's batches can be slices of the permutation: not with worker
+        processes (a tensor would go through shared memory), not with per-image transforms (they
+        seed their RNG streams from the first position, an int), and not under a distributed
+        strategy: Lightning then wraps the loader's ``sampler`` in its distributed sampler, and
+        a loader given a batch sampler has a sequential ``sampler`` in place of the permutation."""
+        from lightning.pytorch.strategies import ParallelStrategy
+
+        distributed = self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy)
+        return self.num_workers == 0 and type(examples) is _IndexedImages and not distributed
 
     def train_dataloader(self) -> ResumableLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
