@@ -108,7 +108,7 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
     import lightning.pytorch as pl
 
     from sparseforge.compose import compose_run_config
-    from sparseforge.train import apply_last, build
+    from sparseforge.train import build
 
     source, data_dir, x, y = _data(os.environ.get("SPARSEFORGE_DATA_DIR"))
     if len(y) < steps * batch_size:
@@ -132,7 +132,6 @@ def measure_overhead(repeats: int, steps: int, batch_size: int, logger: str, pro
         "print_config=false",
     ]
     cfg = compose_run_config(overrides, out)
-    apply_last(cfg)
     run = build(cfg)
 
     hand = HandLoop(x, y, batch_size, seed=0)

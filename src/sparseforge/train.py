@@ -110,16 +110,20 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     """
     import lightning.pytorch as pl
     import torch
+    from lightning.pytorch.callbacks.progress import ProgressBar
 
     from sparseforge.config.validate import validate
     from sparseforge.lightning.best_validation import BestValidation
     from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
+    from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
+    from sparseforge.lightning.progress import progress_bar
     from sparseforge.lightning.reproducibility import RNGStateCallback
     from sparseforge.lightning.train_metrics import TrainMetricsForSummary
 
     validate(cfg)
+    install_callback_dispatch()  # callbacks are called only at the hooks they implement
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, workers=True)
@@ -164,6 +168,8 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
         callbacks.append(sparsity)
     callbacks += [make(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     callbacks.append(TrainMetricsForSummary())
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(progress_bar())  # Lightning's default bar, redrawn at most 10 times a second
     loggers = [make(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
     if any(isinstance(lg, CSVLogger) for lg in loggers):
         callbacks.append(CSVLogPosition())
@@ -185,6 +191,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
         callbacks=callbacks,
         logger=loggers or False,
         plugins=plugins,
+        profiler=NoProfiler(),
         reload_dataloaders_every_n_epochs=1,
         limit_val_batches=0,
     )

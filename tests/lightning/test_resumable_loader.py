@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import BatchSampler
 
-from sparseforge.lightning.datamodule import EpochPermutation, ResumableLoader
+from sparseforge.continual.scenarios import ClassIncremental
+from sparseforge.data import MNIST
+from sparseforge.lightning.datamodule import ContinualDataModule, EpochPermutation, ResumableLoader, SlicedBatches
+from tests.helpers.fake_data import write_mnist_like
 
 
 def loader(n: int, batch_size: int, seed: int, drop_last: bool) -> ResumableLoader:
@@ -15,14 +19,17 @@ def loader(n: int, batch_size: int, seed: int, drop_last: bool) -> ResumableLoad
     )
 
 
+# a pass: examples, batch size, the permutation's seed, whether the last short batch is dropped
+PASSES = {
+    "n": st.integers(1, 200),
+    "batch_size": st.integers(1, 64),
+    "seed": st.integers(0, 2**31 - 1),
+    "drop_last": st.booleans(),
+}
+
+
 @settings(max_examples=80, deadline=None)
-@given(
-    n=st.integers(1, 200),
-    batch_size=st.integers(1, 64),
-    seed=st.integers(0, 2**31 - 1),
-    drop_last=st.booleans(),
-    data=st.data(),
-)
+@given(**PASSES, data=st.data())
 def test_a_resumed_pass_serves_exactly_the_batches_after_the_saved_point(n, batch_size, seed, drop_last, data):
     full = [b.tolist() for b in loader(n, batch_size, seed, drop_last)]
     cut = data.draw(st.integers(0, len(full)), label="batches served before the checkpoint")
@@ -40,3 +47,55 @@ def test_a_resumed_pass_serves_exactly_the_batches_after_the_saved_point(n, batc
     assert resumed.state_dict() == {"batches_served": len(full)}
     # the skip is for one pass only: the next pass (epoch) is whole again
     assert [b.tolist() for b in resumed] == full
+
+
+@settings(max_examples=80, deadline=None)
+@given(**PASSES)
+def test_sliced_batches_are_the_batches_of_the_permutation(n, batch_size, seed, drop_last):
+    """The datamodule's batch sampler slices the permutation tensor; the batches are those a
+    BatchSampler over the same permutation gives, as tensors."""
+    order = EpochPermutation(n, seed)
+    expected = list(BatchSampler(order, batch_size, drop_last))
+    got = list(SlicedBatches(order, batch_size, drop_last))
+    assert len(got) == len(expected) == len(SlicedBatches(order, batch_size, drop_last))
+    assert all(torch.is_tensor(b) for b in got)
+    assert [b.tolist() for b in got] == expected
+
+
+def test_sliced_batches_batch_any_other_sampler_item_by_item():
+    """Under DDP Lightning hands the batch sampler its distributed sampler in place of the permutation."""
+    assert list(SlicedBatches(range(7), 3, drop_last=False)) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_the_datamodules_loader_serves_the_same_examples_with_or_without_workers(data_dir):
+    """Batches as slices (no workers) or as index lists (workers): the same examples, and a
+    resumed pass serves the rest."""
+    write_mnist_like(data_dir, n_train=95, n_test=10)
+    dm = ContinualDataModule(MNIST(data_dir, download=False), ClassIncremental(n_tasks=1), batch_size=10, seed=4)
+    dm.setup()
+    index = dm.tasks[0].train_index
+    sliced = [[t.tolist() for t in batch] for batch in dm.train_loader_for(index, epoch=2)]
+    dm.num_workers = 1
+    listed = [[t.tolist() for t in batch] for batch in dm.train_loader_for(index, epoch=2)]
+    assert sliced == listed and len(sliced) == 10
+    assert sorted(i for batch in sliced for i in batch[3]) == index.tolist()  # every example once
+    dm.num_workers = 0
+    resumed = dm.train_loader_for(index, epoch=2)
+    resumed.load_state_dict({"batches_served": 4})
+    assert [[t.tolist() for t in batch] for batch in resumed] == sliced[4:]
+
+
+def test_under_a_distributed_strategy_the_loader_keeps_the_permutation_as_its_sampler(data_dir):
+    """Lightning wraps a training loader's ``sampler`` in its distributed sampler; a loader with a
+    batch sampler has a sequential one there, so under DDP the batches are not slices."""
+    import lightning.pytorch as pl
+    from torch.utils.data import BatchSampler
+
+    write_mnist_like(data_dir, n_train=40, n_test=10)
+    dm = ContinualDataModule(MNIST(data_dir, download=False), ClassIncremental(n_tasks=1), batch_size=10, seed=4)
+    dm.setup()
+    dm.trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, logger=False, enable_progress_bar=False)
+    loader = dm.train_loader_for(dm.tasks[0].train_index, epoch=0)
+    assert isinstance(loader.sampler, EpochPermutation) and type(loader.batch_sampler) is BatchSampler
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    assert isinstance(dm.train_loader_for(dm.tasks[0].train_index, epoch=0).batch_sampler, SlicedBatches)

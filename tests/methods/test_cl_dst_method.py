@@ -119,7 +119,7 @@ def test_the_kept_state_is_the_best_epoch_or_the_last(tmp_path, keep):
     class EpochEnds(pl.Callback):
         def on_train_batch_end(self, trainer, method, outputs, batch, batch_idx):
             if batch_idx == trainer.num_training_batches - 1:  # the epoch's state, before its end
-                acc = float(method.train_accuracy.compute())
+                acc = float(method.epoch_train_accuracy())
                 masks = {n: m.clone() for n, m in method.masks.masks.items()}
                 weights = {n: layer.weight.detach().clone() for n, layer in method.layers.items()}
                 seen.setdefault(method.current_task, []).append((trainer.current_epoch, acc, masks, weights))

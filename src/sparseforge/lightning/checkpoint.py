@@ -64,6 +64,15 @@ class ResumeCheckpoint(ModelCheckpoint):
         self._requeue: Callable[[], None] | None = None  # Lightning's SLURM requeue, deferred
         self._requeue_requested = False  # set by the requeue signal, read at the next safe point
 
+    @property
+    def state_key(self) -> str:
+        # Lightning reads it at every hook it calls on this callback, about six times a step, and
+        # ModelCheckpoint builds it each time from a repr of its settings, which never change.
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = super().state_key
+        return key
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         # SLURM's warning before the time limit (--signal=USR1@90): requeue from an exact
@@ -88,6 +97,8 @@ class ResumeCheckpoint(ModelCheckpoint):
         requeue()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        if self.step_interval is None and self.time_interval is None and self._requeue is None:
+            return  # nothing can be due inside an epoch (the default): a step costs one test
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.sanity_checking:
             return
         due = self.step_interval is not None and trainer.global_step % self.step_interval == 0

@@ -15,6 +15,7 @@ stops at the same step.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -42,7 +43,9 @@ class NonFiniteLossGuard(pl.Callback):
         self.first_step, self.steps = state.get("first_step"), int(state.get("steps", 0))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        value = loss.detach()
+        # one number (the usual loss): a host read, cheaper than isfinite/all/bool at small steps
+        bad = not math.isfinite(value.item()) if value.numel() == 1 else not bool(torch.isfinite(value).all())
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:

@@ -248,10 +248,10 @@ class CLDST(ContinualMethod):
         if self.options.keep is not Keep.best_train_acc or self.masks is None or epoch == self.last_scored_epoch:
             return
         self.last_scored_epoch = epoch
-        acc = self.train_accuracy
-        if acc is None or not acc.update_count:
+        acc = self.epoch_train_accuracy()
+        if acc is None:
             return
-        value = float(acc.compute())
+        value = float(acc)
         if self.best is None or value > self.best["acc"]:
             sparse = {name: module.weight for name, module in self.layers.items()}
             self.best = {

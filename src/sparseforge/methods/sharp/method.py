@@ -171,7 +171,7 @@ class Sharp(ContinualMethod):
         x = batch.x if self.augment else self.datamodule.preprocess_eval(batch.raw, batch.task)
         replay_size = self.batch_size_memory or self.datamodule.batch_size
         loss, parts = self.learner.loss(x, batch.y, replay_size, generator=None)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=len(batch.y))
+        self.log_step_metrics({f"train/{k}": v for k, v in parts.items()})
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
