@@ -79,6 +79,49 @@ def test_the_presets_run_with_debug_fdr(tmp_path, data_dir, preset, method):
     assert s["replay"]["capacity"] == 50 and s["replay"]["bytes"] > 0
 
 
+# Mammoth's utils/best_args.py for the regularisation, distillation and A-GEM baselines (buffer 500
+# where a buffer applies), written out here so that a file that drifts from Mammoth fails.
+NEW_BASELINES = {
+    ("mammoth_seq_mnist", "ewc_on"): {"optimizer.lr": 0.03, "method.e_lambda": 90, "method.gamma": 1.0},
+    ("mammoth_seq_mnist", "si"): {"optimizer.lr": 0.1, "method.c": 1.0, "method.xi": 0.9},
+    ("mammoth_seq_mnist", "lwf"): {
+        "optimizer.lr": 0.03,
+        "optimizer.weight_decay": 5e-4,
+        "method.alpha": 1.0,
+        "method.temperature": 2.0,
+    },
+    ("mammoth_seq_mnist", "icarl"): {"optimizer.lr": 0.1, "optimizer.weight_decay": 2e-5, "method.buffer_size": 500},
+    ("mammoth_seq_mnist", "agem"): {"optimizer.lr": 0.1, "method.minibatch_size": 128, "method.buffer_size": 500},
+    ("perm_mnist", "ewc_on"): {"optimizer.lr": 0.1, "method.e_lambda": 0.7, "method.gamma": 1.0},
+    ("perm_mnist", "si"): {"optimizer.lr": 0.1, "method.c": 0.5, "method.xi": 1.0},
+    ("perm_mnist", "agem"): {"optimizer.lr": 0.1, "method.minibatch_size": 128, "method.buffer_size": 500},
+    ("rot_mnist", "ewc_on"): {"optimizer.lr": 0.1, "method.e_lambda": 0.7, "method.gamma": 1.0},
+    ("rot_mnist", "si"): {"optimizer.lr": 0.1, "method.c": 1.0, "method.xi": 1.0},
+    ("rot_mnist", "agem"): {"optimizer.lr": 0.3, "method.minibatch_size": 128, "method.buffer_size": 500},
+}
+
+
+@pytest.mark.parametrize("preset, method", sorted(NEW_BASELINES), ids=lambda v: v)
+def test_the_baselines_compose_with_mammoths_best_args(preset, method):
+    cfg = compose_config([f"+experiment={preset}", f"method={method}"])
+    assert cfg.method._target_.startswith(f"sparseforge.methods.{method}.")
+    for dotted, value in NEW_BASELINES[preset, method].items():
+        group, key = dotted.split(".")
+        assert cfg[group][key] == pytest.approx(value), dotted
+    batch = 10 if preset == "mammoth_seq_mnist" else 128
+    assert cfg.data.batch_size == batch and cfg.optimizer.momentum == 0 and cfg.model.init == "xavier"
+    clipped = method == "si"  # Mammoth's SI clips gradient values at 1 on every benchmark
+    assert (cfg.trainer.gradient_clip_val == 1.0) is clipped
+    assert (cfg.trainer.gradient_clip_algorithm == "value") is clipped
+    if method != "lwf":
+        assert cfg.optimizer.weight_decay == (2e-5 if method == "icarl" else 0.0)
+
+
+def test_without_best_args_a_baseline_keeps_the_presets_sgd():
+    cfg = compose_config(["+experiment=perm_mnist", "method=si", "~best_args"])
+    assert cfg.optimizer.lr == 0.2 and cfg.trainer.gradient_clip_val is None
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(config_dir()) / "best_args").rglob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}"
 )

@@ -124,6 +124,9 @@ def test_a_replayed_example_gets_the_view_it_was_trained_with(tmp_path, mnist):
         ("er_ace", []),
         ("der", []),
         ("derpp", []),
+        ("ewc_on", []),
+        ("si", []),
+        ("agem", ["method.buffer_size=60"]),
         ("sparcl", ["sparsity=sparcl", "sparsity.include=[features.*]", "method.buffer_size=60"]),
         (
             "sharp",
@@ -143,7 +146,7 @@ def test_every_class_il_method_runs_domain_incremental(tmp_path, mnist, method, 
     overrides = _overrides(mnist, "perm_mnist", f"method={method}", "debug=fdr", *extra)
     if method in ("er", "er_ace", "der", "derpp"):
         overrides.append("method.buffer_size=60")
-    if not extra:
+    if not extra or method == "agem":
         overrides.append("sparsity=dense")
     with one_thread():
         train(compose_config(overrides, output_dir=tmp_path / "run"))
@@ -180,3 +183,40 @@ def test_a_domain_il_stream_without_a_task_transform_is_one_config_error(tmp_pat
     overrides = ["scenario.task_transform=null"]
     with pytest.raises(ConfigError, match="config error: scenario.task_transform: .*transform per task"):
         _build(tmp_path, mnist, *overrides)
+
+
+def test_ewcs_fisher_of_a_task_is_taken_on_that_tasks_view(tmp_path, mnist):
+    """A domain-IL task's training ids run past the split (task t: t * N + i); the Fisher after
+    task t is the per-example estimate over the whole split seen through task t's transform."""
+    from sparseforge.methods.ewc_on import weighted_squared_gradients
+
+    r = _build(tmp_path, mnist, "method=ewc_on", "sparsity=dense")
+    method, dm = r.method, r.datamodule
+    method.trainer = r.trainer  # the method reads its datamodule through the trainer
+    r.trainer.datamodule = dm
+    params = method.regularised_parameters()
+    for task in dm.tasks[1:]:
+        expected = weighted_squared_gradients(
+            method.model, params, [(_view(dm, dm.train_data.x, task.id), dm.train_data.y)]
+        )
+        fisher = method.fisher_information(task.train_index)
+        for name, value in fisher.items():
+            torch.testing.assert_close(value, expected[name] / N_TRAIN)
+        other = weighted_squared_gradients(method.model, params, [(_view(dm, dm.train_data.x, 0), dm.train_data.y)])
+        assert any(not torch.allclose(fisher[n], other[n] / N_TRAIN) for n in fisher)  # the views differ
+
+
+def test_agems_memory_of_each_task_holds_that_tasks_images(tmp_path, mnist):
+    overrides = _overrides(mnist, "perm_mnist", "method=agem", "sparsity=dense", "method.buffer_size=60")
+    r = build(compose_config(overrides, output_dir=tmp_path / "run"))
+    with one_thread():
+        r.trainer.fit(r.method, datamodule=r.datamodule)
+    buffer, dm = r.method.buffer, r.datamodule
+    valid = buffer.valid
+    assert len(buffer) == 60 and sorted(buffer.task[valid].tolist()) == sorted([0, 1, 2] * 20)
+    stored = buffer.x[valid].flatten(1)
+    # every stored example is an image of the split, with its own label (ids t * N + i map to image i)
+    match = (stored.unsqueeze(1) == dm.train_data.x.flatten(1).unsqueeze(0)).all(-1)
+    assert bool(match.any(1).all())
+    first = match.float().argmax(1)
+    assert torch.equal(buffer.y[valid], dm.train_data.y[first])

@@ -66,8 +66,9 @@ class AGEM(ReplayMethod):
         g = torch.Generator().manual_seed(self.options.seed * 1_000_003 + task.id)
         chosen = task.train_index[torch.randperm(len(task.train_index), generator=g)[:per_task]]
         data = self.datamodule.train_data
-        raw = data.raw(chosen).to(self.device)
-        self.buffer.add(raw, data.y[chosen].to(self.device), torch.full_like(chosen, task.id).to(self.device))
+        images, _ = self.datamodule.locate(chosen)  # training ids -> images (domain-IL ids run past the split)
+        raw = data.raw(images).to(self.device)
+        self.buffer.add(raw, data.y[images].to(self.device), torch.full_like(images, task.id).to(self.device))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.buffer.is_empty:

@@ -198,6 +198,15 @@ class ContinualMethod(pl.LightningModule):
     def training_indices(self, task: Task, tasks: Sequence[Task]) -> torch.Tensor:
         return task.train_index
 
+    def training_examples(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation view and labels of training ids (a task's ``train_index``), on the device.
+        Ids are not image positions on a stream with a view per task (domain-IL: task ``t``'s ids
+        are ``t * N + i``), and each image is seen through its own task's transform."""
+        dm = self.datamodule
+        images, tasks = dm.locate(ids)
+        x = dm.preprocess_eval(dm.train_data.raw(images).to(self.device), tasks.to(self.device))
+        return x, dm.train_data.y[images].to(self.device)
+
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
 

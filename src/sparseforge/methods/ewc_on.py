@@ -60,12 +60,8 @@ class OnlineEWC(QuadraticRegulariser):
 
     def fisher_information(self, train_index: torch.Tensor) -> Tensors:
         """Mammoth's diagonal Fisher over these training examples (see the module docstring)."""
-        dm = self.datamodule
         shard = train_index[rank() :: world_size()]
-        batches = (
-            (dm.preprocess_eval(dm.train_data.raw(chunk).to(self.device)), dm.train_data.y[chunk].to(self.device))
-            for chunk in shard.split(self.options.fisher_batch_size)
-        )
+        batches = (self.training_examples(chunk) for chunk in shard.split(self.options.fisher_batch_size))
         was_training = self.model.training
         self.model.eval()
         total = weighted_squared_gradients(self.model, self.regularised_parameters(), batches)
