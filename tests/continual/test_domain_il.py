@@ -127,6 +127,9 @@ def test_a_replayed_example_gets_the_view_it_was_trained_with(tmp_path, mnist):
         ("ewc_on", []),
         ("si", []),
         ("agem", ["method.buffer_size=60"]),
+        ("lwf", []),
+        ("icarl", ["method.buffer_size=60"]),
+        ("gdumb", ["method.buffer_size=60"]),
         ("sparcl", ["sparsity=sparcl", "sparsity.include=[features.*]", "method.buffer_size=60"]),
         (
             "sharp",
@@ -146,7 +149,7 @@ def test_every_class_il_method_runs_domain_incremental(tmp_path, mnist, method, 
     overrides = _overrides(mnist, "perm_mnist", f"method={method}", "debug=fdr", *extra)
     if method in ("er", "er_ace", "der", "derpp"):
         overrides.append("method.buffer_size=60")
-    if not extra or method == "agem":
+    if not extra or method in ("agem", "icarl", "gdumb"):
         overrides.append("sparsity=dense")
     with one_thread():
         train(compose_config(overrides, output_dir=tmp_path / "run"))

@@ -459,9 +459,9 @@ class RecordingGDumb(GDumb):
         super().__init__(*args, **kwargs)
         self.fitted_labels: list[torch.Tensor] = []
 
-    def _fit_step(self, optimizer, raw, y, masks):
+    def _fit_step(self, optimizer, raw, y, task, masks):
         self.fitted_labels.append(y.clone())
-        super()._fit_step(optimizer, raw, y, masks)
+        super()._fit_step(optimizer, raw, y, task, masks)
 
 
 def test_gdumb_retrains_from_scratch_on_the_buffer_alone(tmp_path):

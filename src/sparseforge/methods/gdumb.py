@@ -108,15 +108,15 @@ class GDumb(ReplayMethod):
             else:
                 schedule.step()
             for chunk in torch.randperm(len(slots), generator=g).to(stored.y.device).split(o.minibatch_size):
-                self._fit_step(optimizer, stored.raw[chunk], stored.y[chunk], masks)
+                self._fit_step(optimizer, stored.raw[chunk], stored.y[chunk], stored.task[chunk], masks)
                 if flops is not None:
                     flops.step(self.sparsifier.layer_densities())
         self.model.train(was_training)
         self.model.zero_grad(set_to_none=True)  # the stream's empty steps must stay empty
         broadcast_([*self.model.parameters(), *self.model.buffers()])
 
-    def _fit_step(self, optimizer, raw: torch.Tensor, y: torch.Tensor, masks) -> None:
-        x = self.datamodule.augment(raw)
+    def _fit_step(self, optimizer, raw: torch.Tensor, y: torch.Tensor, task: torch.Tensor, masks) -> None:
+        x = self.datamodule.augment(raw, task)  # each example through its own task's view (domain-IL)
         optimizer.zero_grad()
         alpha = self.options.cutmix_alpha
         if alpha > 0:

@@ -3,7 +3,7 @@
 - Memory: at most ``buffer_size`` exemplars, ``buffer_size // classes seen`` per class. At a
   task's end each class of the task picks its exemplars by herding on the L2-normalised features
   (``continual.herding``); the other classes keep the first ones of their herding order. The
-  exemplars are positions in the training split: a task trains on its own examples plus every
+  exemplars are training ids: a task trains on its own examples plus every
   exemplar (``training_indices``, as Mammoth adds the buffer to the task's data).
 - Loss: binary cross-entropy with logits over every class; the targets of the classes seen
   before this task are the previous model's sigmoid outputs (distillation), the others one-hot.
@@ -48,7 +48,7 @@ class ICaRL(DistillationMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_classes = classifier(self.model, "iCaRL").out_features  # fails at build without a head
-        self.exemplars: dict[int, torch.Tensor] = {}  # class -> training-split positions, herding order
+        self.exemplars: dict[int, torch.Tensor] = {}  # class -> training ids, herding order
         self._class_means: tuple[list[int], torch.Tensor] | None = None
 
     def check_setup(self, datamodule) -> None:
@@ -82,12 +82,13 @@ class ICaRL(DistillationMethod):
     def update_exemplars(self, classes, train_index: torch.Tensor) -> None:
         """Herd the exemplars of ``classes`` (from ``train_index`` and their old exemplars); cut the
         other classes' sets to the new per-class share."""
-        labels = self.datamodule.train_data.y
+        images, _ = self.datamodule.locate(train_index)  # ids are not image positions in domain-IL
+        labels = self.datamodule.train_data.y[images]
         per_class = self.options.buffer_size // len(set(self.exemplars) | set(classes))
         for c in sorted(set(self.exemplars) | set(classes)):
             if c in classes:
                 old = self.exemplars.get(c, torch.empty(0, dtype=torch.long))
-                candidates = torch.unique(torch.cat([train_index[labels[train_index] == c], old]))
+                candidates = torch.unique(torch.cat([train_index[labels == c], old]))
                 order = herding_order(self.normalised_features(candidates), per_class).cpu()
                 self.exemplars[c] = candidates[order]
             else:
@@ -96,13 +97,12 @@ class ICaRL(DistillationMethod):
 
     @torch.no_grad()
     def normalised_features(self, positions: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
-        """L2-normalised features of these training examples (eval mode, no augmentation)."""
-        dm = self.datamodule
+        """L2-normalised features of these training ids (eval mode, no augmentation)."""
         was_training = self.model.training
         self.model.eval()
         parts = []
-        for chunk in positions.split(dm.eval_batch_size):
-            x = dm.preprocess_eval(dm.train_data.raw(chunk).to(self.device))
+        for chunk in positions.split(self.datamodule.eval_batch_size):
+            x, _ = self.training_examples(chunk)
             parts.append(F.normalize(embed(self.model, x.flip(-1) if mirrored else x), dim=1))
         self.model.train(was_training)
         return torch.cat(parts)
