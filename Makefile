@@ -30,8 +30,8 @@ train: install
 test: install
 	$(BIN)/python -m pytest
 
-test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not e2e and not slurm" $(FAST_TESTS)
+test-fast: install  # one worker per core (pytest-xdist), at most 4: their start-up would outweigh more
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not slow and not e2e and not slurm" $(FAST_TESTS)
 
 lint: install
 	$(BIN)/ruff check src tests experiments
