@@ -99,6 +99,9 @@ def test_a_signal_gives_a_nonzero_exit_and_an_interrupted_run_that_resumes_exact
         f"+callbacks.sig.signum={signum}",
     ]
     previous = signal.getsignal(signal.SIGINT)
+    # Ctrl-C as an interactive shell delivers it: a shell starts background jobs with SIGINT
+    # ignored, and pytest may run as one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as stopped:
             run([*FAST, *sig], part)
