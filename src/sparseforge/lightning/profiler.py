@@ -43,8 +43,9 @@ def implements(callback: Callback, hook_name: str) -> bool:
 def _implementers(trainer, hook_name: str, monitoring: bool | None) -> list[Callback]:
     callbacks = trainer.callbacks
     cache = trainer.__dict__.setdefault("_sparseforge_hook_callbacks", {})
-    snapshot, chosen = cache.get((hook_name, monitoring), ((), []))
-    if len(snapshot) != len(callbacks) or any(a is not b for a, b in zip(snapshot, callbacks, strict=True)):
+    snapshot, chosen = cache.get((hook_name, monitoring), (None, []))
+    # list equality compares items by identity first (callbacks have no __eq__ of their own), in C
+    if snapshot != callbacks:
         if monitoring is None:
             selected = callbacks
         else:  # Lightning's split: EarlyStopping and checkpoints run after the other callbacks
@@ -52,7 +53,7 @@ def _implementers(trainer, hook_name: str, monitoring: bool | None) -> list[Call
 
             selected = [cb for cb in callbacks if isinstance(cb, (EarlyStopping, Checkpoint)) == monitoring]
         chosen = [cb for cb in selected if implements(cb, hook_name)]
-        cache[(hook_name, monitoring)] = (tuple(callbacks), chosen)
+        cache[(hook_name, monitoring)] = (list(callbacks), chosen)
     return chosen
 
 
