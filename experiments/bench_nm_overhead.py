@@ -8,7 +8,9 @@ Two models, each in two copies trained on the same batches, steps interleaved in
 Per model: median training-step time nm/dense, the time of 4 evaluation forwards after a step
 nm/dense (the mask is cached per weight version: the first forward after a step computes it, the
 others reuse it), and the step ratio with gradient accumulation over 2 micro-batches. Process
-CPU time and wall clock.
+CPU time and wall clock. ``--cpu-allocator`` (default ``retain``, as ``python train.py``) sets how
+freed CPU memory is handled for the whole process (``sparseforge.utils.allocator``); ``system``
+measures with the C library's defaults.
 
     python experiments/bench_nm_overhead.py                       # both models
     python experiments/bench_nm_overhead.py --models mlp --steps 30 --threads 2
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sparseforge.models import create_model  # noqa: E402
 from sparseforge.sparsity.nm import NMSchedule, NMSparsifier  # noqa: E402
+from sparseforge.utils.allocator import CPU_ALLOCATOR, configure_cpu_allocator  # noqa: E402
 
 MODELS = {
     # name: (create_model kwargs, input shape, batch, N:M, include)
@@ -127,9 +130,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cpu-allocator", default="retain", choices=CPU_ALLOCATOR)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"threads": args.threads, "torch": torch.__version__, "models": {}}
+    configure_cpu_allocator(args.cpu_allocator)
+    result = {"threads": args.threads, "cpu_allocator": args.cpu_allocator, "torch": torch.__version__, "models": {}}
     for name in args.models:
         r = measure(name, args.steps, args.warmup)
         result["models"][name] = r

@@ -19,6 +19,8 @@ accuracy (auto vs masked: same seed, so they differ only by float summation orde
 AdamW (lr 1e-3), batch 128, ``--epochs`` epochs (2 for the N:M overhead goal); reported: the
 wall-time ratio nm/dense per round and the test accuracy of both.
 
+``--cpu-allocator`` (default ``retain``, ``train.py``'s default) is passed to every run.
+
     python experiments/e2e_mnist_backends.py --preset nm --epochs 2 --rounds 2
 
 The last stdout line is one JSON object.
@@ -69,7 +71,8 @@ def run(arm: str, out_dir: Path, args) -> dict:
         "dataset=mnist", "model=mlp", "scenario=iid", "method=finetune", *shared,
         f"scenario.epochs_per_task={args.epochs}", "data.batch_size=128",
         f"seed={args.seed}", "logger=none", "print_config=false", "trainer.enable_progress_bar=false",
-        f"torch_threads={args.threads}", f"hydra.run.dir={out_dir}", *arms[arm],
+        f"torch_threads={args.threads}", f"cpu_allocator={args.cpu_allocator}", f"hydra.run.dir={out_dir}",
+        *arms[arm],
     ]  # fmt: skip
     if args.limit_batches:
         overrides += [f"trainer.limit_train_batches={args.limit_batches}"]
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-allocator", default="retain", choices=["system", "retain"], help="as train.py's")
     parser.add_argument("--limit-batches", type=int, default=None, help="batches per epoch (a quick check)")
     args = parser.parse_args()
     arms = PRESETS[args.preset][1]
@@ -115,6 +119,7 @@ def main() -> None:
         "epochs": args.epochs,
         "threads": args.threads,
         "limit_batches": args.limit_batches,
+        "cpu_allocator": args.cpu_allocator,
         "runs": results,
     }
     for r in range(args.rounds):

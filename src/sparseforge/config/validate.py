@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparseforge.config.report import Report
 from sparseforge.errors import ConfigError
+from sparseforge.utils.allocator import CPU_ALLOCATOR
 
 NONFINITE_LOSS = ("error", "allow")
 
@@ -67,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     threads = cfg.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("torch_threads", f"must be null or a positive integer, got {threads!r}")
+    if cfg.get("cpu_allocator", "system") not in CPU_ALLOCATOR:
+        raise ConfigError("cpu_allocator", f"unknown value {cfg.cpu_allocator!r}", ", ".join(CPU_ALLOCATOR))
     check_run_name(cfg.get("run_name"))
     if cfg.data.get("num_workers", 0) < 0:
         raise ConfigError(
