@@ -65,6 +65,7 @@ class MaskSet:
         # with cache_factors (speed for memory: 4 bytes per sparse weight in fp32)
         self.cache_factors = bool(cache_factors)
         self._factors: dict[tuple[str, str], tuple[torch.Tensor, tuple, torch.Tensor]] = {}
+        self._factors_paused_at: int | None = None  # the mask version whose copies are not kept
 
     # -- access --------------------------------------------------------------------------------------
     def weight(self, name: str) -> nn.Parameter:
@@ -133,6 +134,17 @@ class MaskSet:
         for kind in ("mask", "grad"):
             self._factors.pop((kind, name), None)
 
+    def pause_factor_cache(self) -> None:
+        """Free the weight masks' copies and mask with the bool masks until the next topology change.
+
+        For the step before an update: the rule's scores (as large as the weights) live across the
+        optimizer step then, and the copies of the outgoing masks would be rebuilt after the change
+        anyway. Costs that one step the slower masking; the result is the same (zeros are +0.0).
+        """
+        for key in [key for key in self._factors if key[0] == "mask"]:
+            del self._factors[key]
+        self._factors_paused_at = self.version
+
     def factor_cache_bytes(self) -> int:
         """Memory held by the cached mask copies (on top of the 1-byte bool masks)."""
         return sum(t.numel() * t.element_size() for _, _, t in self._factors.values())
@@ -143,7 +155,7 @@ class MaskSet:
     def _zero_outside_(self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None) -> None:
         """``tensors[i]`` zeroed, in place, where the mask of ``names[i]`` is False."""
         masks = [self.masks[n] for n in names] if masks is None else masks
-        if self.cache_factors:
+        if self.cache_factors and not (kind == "mask" and self._factors_paused_at == self.version):
             factors = [self.factor(n, mask, kind) for n, mask in zip(names, masks, strict=True)]
             torch._foreach_mul_(tensors, factors)
             return
@@ -196,6 +208,13 @@ class MaskSet:
         if name in self.compressed:
             return self.compressed[name].dense_grad()
         return self.weight(name).grad
+
+    def grad_is_scratch(self, name: str, grad: torch.Tensor | None) -> bool:
+        """Whether ``grad`` is a compressed layer's dense gradient of this step, which an update rule
+        may overwrite in place: the optimizer trains on the active values' own gradient and the
+        dense one is released once the rule has read it (a masked layer's ``.grad`` never is)."""
+        layer = self.compressed.get(name)
+        return layer is not None and grad is not None and layer.holds_dense_grad(grad)
 
     @torch.no_grad()
     def before_step(self, mask_pruned: bool = True) -> None:
