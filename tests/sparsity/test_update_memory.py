@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_backends_engine import BACKENDS, assert_same_training, batches, build, train
 
+from sparseforge.sparsity.masks import MaskSet
 from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules.rigl import RigL
 from sparseforge.utils.memory import release_free_heap
@@ -145,3 +146,19 @@ def test_initial_masks_are_those_of_an_int64_permutation():
 def test_freeing_the_heap_is_safe_to_call():
     assert release_free_heap() in (True, False)
     assert release_free_heap() == release_free_heap()
+
+
+def test_a_compressed_backend_builds_no_float_mask_copies_while_setting_up(monkeypatch):
+    built = []
+    original = MaskSet.factor
+
+    def factor(self, name, *args, **kwargs):
+        built.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(MaskSet, "factor", factor)
+    model, optimizer, sp = build("auto")
+    assert built == [] and sp.execution.layers
+    sp.check()  # pruned entries zero, counts exact
+    build("masked")
+    assert built  # the masked path keeps its copies from the start

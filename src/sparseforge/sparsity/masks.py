@@ -152,10 +152,13 @@ class MaskSet:
     def _dense_names(self) -> list[str]:
         return [name for name in self.masks if name not in self.compressed]
 
-    def _zero_outside_(self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None) -> None:
+    def _zero_outside_(
+        self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None, cached: bool = True
+    ) -> None:
         """``tensors[i]`` zeroed, in place, where the mask of ``names[i]`` is False."""
         masks = [self.masks[n] for n in names] if masks is None else masks
-        if self.cache_factors and not (kind == "mask" and self._factors_paused_at == self.version):
+        paused = kind == "mask" and self._factors_paused_at == self.version
+        if cached and self.cache_factors and not paused:
             factors = [self.factor(n, mask, kind) for n, mask in zip(names, masks, strict=True)]
             torch._foreach_mul_(tensors, factors)
             return
@@ -165,11 +168,13 @@ class MaskSet:
             torch.where(mask, tensor, tensor.new_zeros(()), out=tensor)
 
     @torch.no_grad()
-    def apply_(self) -> None:
-        """Zero every pruned weight, in place (compressed layers hold no pruned entries)."""
+    def apply_(self, keep_copies: bool = True) -> None:
+        """Zero every pruned weight, in place (compressed layers hold no pruned entries).
+
+        ``keep_copies=False``: through the bool masks, building no float copies (a one-off pass)."""
         names = self._dense_names()
         if names:
-            self._zero_outside_([self.weight(n) for n in names], names)
+            self._zero_outside_([self.weight(n) for n in names], names, cached=keep_copies)
 
     @torch.no_grad()
     def mask_grads_(self, pruned: bool = True) -> None:

@@ -85,8 +85,10 @@ class Sparsifier:
             nnz = options.layer_nnz(layers)
             masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz, cache_factors=options.mask_cache)
+            del masks  # MaskSet holds its own copies
             self.rule = rule_class(options.update_rule)(options.rule)
-            self.masks.apply_()
+            # layers about to be compressed drop their pruned entries: no float mask copies for them
+            self.masks.apply_(keep_copies=options.backend == "masked")
             if options.rescale_init:
                 with torch.no_grad():
                     for name, n in nnz.items():
@@ -258,7 +260,7 @@ class Sparsifier:
         }
         if self.options.check_every_update:
             self.check()
-        release_free_heap()  # the update's mask-sized temporaries, kept resident by the C heap otherwise
+        release_free_heap()  # the update's mask-sized temporaries would stay resident in the C heap
         return self.last_update
 
     # -- invariants and devices ---------------------------------------------------------------------
