@@ -356,6 +356,7 @@ class MaskSet:
         self.grad_masks = {n: m.to(self.masks[n].device, torch.bool) for n, m in state.get("grad_masks", {}).items()}
         self.target_nnz = {n: int(v) for n, v in state["target_nnz"].items()}
         self.version = int(state.get("version", 0)) + 1
+        self._factors_paused_at = None  # new masks: their copies are kept again
 
 
 @torch.no_grad()
