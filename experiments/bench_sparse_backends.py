@@ -10,8 +10,11 @@ Parts (``--parts``, default all):
   dense; the plot is saved as ``docs/assets/sparse_backend_speedup.png`` (``--plot``).
 - ``plan``: RigL (ERK 0.05, ΔT=100) under ``auto``: seconds per topology update spent rebuilding
   plans (values and optimizer state remapped, kernel indices), against 100 steps of training.
-- ``memory``: peak RSS growth of a few training steps (an update included), dense vs ``auto``,
-  each in its own process.
+- ``update``: RigL (ERK 0.05, ΔT=2) under ``masked`` and ``auto``: median time of an update step
+  and of the ordinary step after it (20 steps after 4 of warm-up; one run per arm, not interleaved).
+- ``memory``: peak RSS growth of a few training steps (RigL, ΔT=2: an update every second step;
+  ``--memory-steps``, default 4), dense vs ``masked`` (with and without ``mask_cache``) vs
+  ``auto``, each in its own process.
 - ``export``: forward at batch 64 of the MLP exported with CSR Linear layers (uniform 95%) vs the
   dense model.
 - ``conv``: a 95%-sparse 3x3 conv (128 channels, 16x16, batch 64), forward+backward through
@@ -188,6 +191,25 @@ def part_plan(steps: int) -> dict:
     }
 
 
+def part_update(steps: int = 20) -> dict:
+    """Median CPU/wall ms of RigL update steps and of the ordinary steps between them (ΔT=2)."""
+    x, y = mnist_batch(64)
+    out = {}
+    for arm in ("masked", "auto"):
+        model, optimizer, sp = mlp_arm(arm, 0.05, rule="rigl", total_steps=100 * steps, delta_t=2)
+        times: dict[str, list] = {"update": [], "ordinary": []}
+        for i in range(4 + steps):
+            before = sp.updates_done
+            t = train_step(model, optimizer, sp, x, y)
+            if i >= 4:
+                times["update" if sp.updates_done > before else "ordinary"].append(t)
+        out[arm] = {
+            kind: {f"{clock}_ms": statistics.median(t[k] for t in v) * 1e3 for clock, k in (("cpu", 0), ("wall", 1))}
+            for kind, v in times.items()
+        }
+    return out
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -195,7 +217,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(field)
 
 
-def memory_child(arm: str) -> None:
+def memory_child(arm: str, steps: int = 4) -> None:
     torch.set_num_threads(1)
     x, y = mnist_batch(64)
     Path("/proc/self/clear_refs").write_text("5")
@@ -204,20 +226,24 @@ def memory_child(arm: str) -> None:
     model, optimizer, sp = mlp_arm(
         backend, 0.05, rule="rigl", total_steps=100, delta_t=2, mask_cache=cache != "nocache"
     )
-    for _ in range(4):  # two RigL updates (after steps 2 and 4) in the measured window
+    for _ in range(steps):  # a RigL update every second step (two in the default 4 steps)
         train_step(model, optimizer, sp, x, y)
     print(_status_kib("VmHWM") - base)
 
 
-def part_memory(repeats: int = 2) -> dict:
+def part_memory(repeats: int = 2, steps: int = 4) -> dict:
     samples: dict[str, list[float]] = {"dense": [], "masked": [], "masked_nocache": [], "auto": []}
     for _ in range(repeats):
         for arm in samples:
             proc = subprocess.run(
-                [sys.executable, __file__, "--memory-child", arm], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--memory-child", arm, "--memory-steps", str(steps)],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             samples[arm].append(int(proc.stdout.strip().splitlines()[-1]) / 1024)
     out = {f"{k}_peak_growth_mib": statistics.median(v) for k, v in samples.items()}
+    out["steps"] = steps
     out["auto_over_dense"] = out["auto_peak_growth_mib"] / out["dense_peak_growth_mib"]
     out["masked_over_dense"] = out["masked_peak_growth_mib"] / out["dense_peak_growth_mib"]
     out["masked_nocache_over_dense"] = out["masked_nocache_peak_growth_mib"] / out["dense_peak_growth_mib"]
@@ -272,15 +298,16 @@ def part_conv(rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", nargs="+", default=["step", "sweep", "plan", "memory", "export", "conv"])
+    parser.add_argument("--parts", nargs="+", default=["step", "sweep", "plan", "update", "memory", "export", "conv"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--plan-steps", type=int, default=201, help="steps of the RigL run in 'plan' (>= 101)")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--memory-child", default=None)
+    parser.add_argument("--memory-steps", type=int, default=4, help="steps per process in 'memory' (ΔT=2)")
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child)
+        memory_child(args.memory_child, args.memory_steps)
         return
     result: dict = {
         "torch": torch.__version__,
@@ -300,8 +327,15 @@ def main() -> None:
             elif part == "plan":
                 per[part] = part_plan(args.plan_steps)
                 print(f"plan: {per[part]['plan_share_at_delta_t_100']:.2%} of run time at ΔT=100", flush=True)
+            elif part == "update":
+                per[part] = part_update()
+                print(
+                    "update (cpu ms): "
+                    + json.dumps({a: {k: round(v["cpu_ms"], 1) for k, v in r.items()} for a, r in per[part].items()}),
+                    flush=True,
+                )
             elif part == "memory" and threads == args.threads[0]:
-                per[part] = part_memory()
+                per[part] = part_memory(steps=args.memory_steps)
                 print(
                     "memory: peak over dense: "
                     + json.dumps({k: round(v, 3) for k, v in per[part].items() if k.endswith("over_dense")}),

@@ -35,6 +35,7 @@ import torch
 from sparseforge.errors import ConfigError
 from sparseforge.sparsity.masks import MaskSet
 from sparseforge.sparsity.placement import top_n_mask
+from sparseforge.utils.tensors import all_finite
 
 RELATIVE_TO = ("layer", "active")
 
@@ -83,7 +84,7 @@ class DynamicGradientMasking:
         if not due:
             return
         grads = {name: masks.grad(name) for name in masks}
-        if not all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()):
+        if not all(g is not None and all_finite(g) for g in grads.values()):
             return  # a skipped AMP step or a layer outside the loss: keep the previous mask
         new, kept = {}, {}
         for name, grad in grads.items():

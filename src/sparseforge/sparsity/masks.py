@@ -65,6 +65,7 @@ class MaskSet:
         # with cache_factors (speed for memory: 4 bytes per sparse weight in fp32)
         self.cache_factors = bool(cache_factors)
         self._factors: dict[tuple[str, str], tuple[torch.Tensor, tuple, torch.Tensor]] = {}
+        self._factors_paused_at: int | None = None  # the mask version whose copies are not kept
 
     # -- access --------------------------------------------------------------------------------------
     def weight(self, name: str) -> nn.Parameter:
@@ -133,6 +134,17 @@ class MaskSet:
         for kind in ("mask", "grad"):
             self._factors.pop((kind, name), None)
 
+    def pause_factor_cache(self) -> None:
+        """Free the weight masks' copies and mask with the bool masks until the next topology change.
+
+        For the step before an update: the rule's scores (as large as the weights) live across the
+        optimizer step then, and the copies of the outgoing masks would be rebuilt after the change
+        anyway. Costs that one step the slower masking; the result is the same (zeros are +0.0).
+        """
+        for key in [key for key in self._factors if key[0] == "mask"]:
+            del self._factors[key]
+        self._factors_paused_at = self.version
+
     def factor_cache_bytes(self) -> int:
         """Memory held by the cached mask copies (on top of the 1-byte bool masks)."""
         return sum(t.numel() * t.element_size() for _, _, t in self._factors.values())
@@ -140,10 +152,13 @@ class MaskSet:
     def _dense_names(self) -> list[str]:
         return [name for name in self.masks if name not in self.compressed]
 
-    def _zero_outside_(self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None) -> None:
+    def _zero_outside_(
+        self, tensors: list[torch.Tensor], names: list[str], kind: str = "mask", masks=None, cached: bool = True
+    ) -> None:
         """``tensors[i]`` zeroed, in place, where the mask of ``names[i]`` is False."""
         masks = [self.masks[n] for n in names] if masks is None else masks
-        if self.cache_factors:
+        paused = kind == "mask" and self._factors_paused_at == self.version
+        if cached and self.cache_factors and not paused:
             factors = [self.factor(n, mask, kind) for n, mask in zip(names, masks, strict=True)]
             torch._foreach_mul_(tensors, factors)
             return
@@ -153,11 +168,13 @@ class MaskSet:
             torch.where(mask, tensor, tensor.new_zeros(()), out=tensor)
 
     @torch.no_grad()
-    def apply_(self) -> None:
-        """Zero every pruned weight, in place (compressed layers hold no pruned entries)."""
+    def apply_(self, keep_copies: bool = True) -> None:
+        """Zero every pruned weight, in place (compressed layers hold no pruned entries).
+
+        ``keep_copies=False``: through the bool masks, building no float copies (a one-off pass)."""
         names = self._dense_names()
         if names:
-            self._zero_outside_([self.weight(n) for n in names], names)
+            self._zero_outside_([self.weight(n) for n in names], names, cached=keep_copies)
 
     @torch.no_grad()
     def mask_grads_(self, pruned: bool = True) -> None:
@@ -196,6 +213,13 @@ class MaskSet:
         if name in self.compressed:
             return self.compressed[name].dense_grad()
         return self.weight(name).grad
+
+    def grad_is_scratch(self, name: str, grad: torch.Tensor | None) -> bool:
+        """Whether ``grad`` is a compressed layer's dense gradient of this step, which an update rule
+        may overwrite in place: the optimizer trains on the active values' own gradient and the
+        dense one is released once the rule has read it (a masked layer's ``.grad`` never is)."""
+        layer = self.compressed.get(name)
+        return layer is not None and grad is not None and layer.holds_dense_grad(grad)
 
     @torch.no_grad()
     def before_step(self, mask_pruned: bool = True) -> None:
@@ -332,6 +356,7 @@ class MaskSet:
         self.grad_masks = {n: m.to(self.masks[n].device, torch.bool) for n, m in state.get("grad_masks", {}).items()}
         self.target_nnz = {n: int(v) for n, v in state["target_nnz"].items()}
         self.version = int(state.get("version", 0)) + 1
+        self._factors_paused_at = None  # new masks: their copies are kept again
 
 
 @torch.no_grad()

@@ -36,6 +36,8 @@ from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules import UpdateRule
 from sparseforge.sparsity.schedule import DropSchedule
 from sparseforge.utils import distributed
+from sparseforge.utils.memory import release_free_heap
+from sparseforge.utils.tensors import all_finite
 
 
 class Sparsifier:
@@ -83,8 +85,10 @@ class Sparsifier:
             nnz = options.layer_nnz(layers)
             masks = broadcast_masks(initial_masks(layers, nnz, options.placement, options.seed))
             self.masks = MaskSet(layers, masks, nnz, cache_factors=options.mask_cache)
+            del masks  # MaskSet holds its own copies
             self.rule = rule_class(options.update_rule)(options.rule)
-            self.masks.apply_()
+            # layers about to be compressed drop their pruned entries: no float mask copies for them
+            self.masks.apply_(keep_copies=options.backend == "masked")
             if options.rescale_init:
                 with torch.no_grad():
                     for name, n in nnz.items():
@@ -166,13 +170,17 @@ class Sparsifier:
             if self.rule.observes_every_step:
                 self.rule.observe(self, grads)
             if update_next:
-                finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads.values())
+                finite = all(g is None or all_finite(g) for g in grads.values())
                 if distributed.all_ranks_agree(finite):
+                    self.masks.pause_factor_cache()  # room for the rule's scores, kept until the change
                     self.rule.prepare(self, self.drop_fraction_at(upcoming), grads)
                     self._prepared = True
                     self._dense_grad_step = self.rule.needs_dense_grad
                 else:  # an AMP step with inf/NaN gradients: the scaler skips it, so do we
                     self.skipped_updates += 1
+            del grads
+        if self.execution is not None:  # read (and maybe overwritten by the rule): free them before the step
+            self.execution.release_dense_grads()
         self.masks.before_step()
 
     @torch.no_grad()
@@ -252,6 +260,7 @@ class Sparsifier:
         }
         if self.options.check_every_update:
             self.check()
+        release_free_heap()  # the update's mask-sized temporaries would stay resident in the C heap
         return self.last_update
 
     # -- invariants and devices ---------------------------------------------------------------------

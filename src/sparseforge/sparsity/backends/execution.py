@@ -186,9 +186,12 @@ class SparseExecution:
             if scale is not None:
                 grad.div_(scale)
 
-    def after_step(self) -> None:
+    def release_dense_grads(self) -> None:
         for layer in self.layers.values():
             layer.clear_dense_grad()
+
+    def after_step(self) -> None:
+        self.release_dense_grads()
 
     def check_device(self) -> None:
         """One ConfigError when a CPU-only backend meets weights on a GPU (after the model moved)."""

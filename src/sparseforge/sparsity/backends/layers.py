@@ -90,6 +90,9 @@ class CompressedWeight:
         grad = self.values.grad
         return None if grad is None else self.plan.scatter(grad)
 
+    def holds_dense_grad(self, grad: torch.Tensor) -> bool:
+        return self._dense_grad is not None and grad is self._dense_grad
+
     def clear_dense_grad(self) -> None:
         self._dense_grad = None
 

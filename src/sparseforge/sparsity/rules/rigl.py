@@ -28,4 +28,7 @@ class RigL(DropAndGrow):
     def grow_scores(self, sparsifier, name, position, dense_grad):
         if dense_grad is None:  # the layer took no part in this step's loss
             return torch.zeros_like(sparsifier.masks.weight(name))
-        return dense_grad.detach().abs()
+        grad = dense_grad.detach()
+        # a compressed layer's dense gradient is this step's scratch: score it in place (no second
+        # weight-sized tensor at the update); a masked layer's .grad is the optimizer's, so copy
+        return grad.abs_() if sparsifier.masks.grad_is_scratch(name, dense_grad) else grad.abs()
