@@ -20,7 +20,7 @@ from test_backends_engine import BACKENDS, assert_same_training, batches, build,
 from sparseforge.sparsity.masks import MaskSet
 from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules.rigl import RigL
-from sparseforge.utils.memory import release_free_heap
+from sparseforge.utils.allocator import release_free_heap
 from sparseforge.utils.seeding import seeded_generator
 from sparseforge.utils.tensors import CHUNK, all_finite
 

@@ -36,7 +36,7 @@ from sparseforge.sparsity.placement import initial_masks
 from sparseforge.sparsity.rules import UpdateRule
 from sparseforge.sparsity.schedule import DropSchedule
 from sparseforge.utils import distributed
-from sparseforge.utils.memory import release_free_heap
+from sparseforge.utils.allocator import release_free_heap
 from sparseforge.utils.tensors import all_finite
 
 

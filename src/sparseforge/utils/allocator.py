@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 CPU_ALLOCATOR = ("system", "retain")
@@ -33,12 +34,14 @@ TRIM_THRESHOLD = 1 << 30  # give the heap's top back only when more than 1 GiB o
 TOP_PAD = 64 << 20  # grow the heap 64 MiB at a time
 
 
+@functools.cache
 def _glibc():
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl has no such symbol)
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         return libc
     except (OSError, AttributeError):
         return None
@@ -59,3 +62,17 @@ def configure_cpu_allocator(mode: str) -> bool:
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     ok &= libc.mallopt(_M_TOP_PAD, TOP_PAD)
     return bool(ok)
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); elsewhere a no-op.
+
+    Blocks under the mmap threshold come from the heap, and their pages stay resident when they are
+    freed below a live block: after a burst of such temporaries (a topology update) they would add
+    to every later peak. Cheap (it walks the free lists); returns whether anything was done.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

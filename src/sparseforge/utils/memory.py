@@ -59,32 +59,3 @@ def peak_memory(host_reset: bool = False) -> dict[str, Any]:
         "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated() if gpu else None,
         "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved() if gpu else None,
     }
-
-
-_MALLOC_TRIM: list = []
-
-
-def release_free_heap() -> bool:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); elsewhere a no-op.
-
-    glibc serves tensors under 32 MiB from its heap once a freed one raised its mmap threshold,
-    and keeps their pages when they are freed below a live block: after a burst of such
-    temporaries (a topology update) they stay resident and add to every later peak. Cheap (it
-    walks the free lists); returns whether anything was done.
-    """
-    if not _MALLOC_TRIM:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                fn = ctypes.CDLL(None).malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-            except (OSError, AttributeError):
-                fn = None
-        _MALLOC_TRIM.append(fn)
-    fn = _MALLOC_TRIM[0]
-    if fn is None:
-        return False
-    fn(0)
-    return True
