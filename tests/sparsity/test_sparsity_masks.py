@@ -327,3 +327,39 @@ def test_threshold_preselection_is_exact_even_when_its_sample_misleads(largest):
     scores[:: numel >> 16] = 2.0 if largest else -1.0
     got = top_n_indices(scores, n, largest)
     assert set(got.tolist()) == set(torch.topk(scores, n, largest=largest).indices.tolist())
+
+
+def _chunked_top_n_by_concatenation(flat: torch.Tensor, n: int, largest: bool, chunk: int) -> torch.Tensor:
+    """The chunked selection written plainly: each chunk's topk, concatenated, then one topk."""
+    values, indices = [], []
+    for start in range(0, flat.numel(), chunk):
+        v, i = torch.topk(
+            flat[start : start + chunk], min(n, flat[start : start + chunk].numel()), largest=largest, sorted=False
+        )
+        values.append(v)
+        indices.append(i + start)
+    return torch.cat(indices)[torch.topk(torch.cat(values), n, largest=largest, sorted=False).indices]
+
+
+@pytest.mark.parametrize("scores_kind", ["distinct", "few_values", "mostly_zero"])
+@pytest.mark.parametrize("largest", [True, False])
+def test_chunked_top_n_breaks_ties_as_the_plain_concatenation_does(monkeypatch, scores_kind, largest):
+    # The chunk winners go into one preallocated buffer (half the layer's size at worst, so no
+    # concatenated copy). The selected set, ties included (zero grow scores are common), must be
+    # exactly that of the plain formulation, or runs would change.
+    from sparseforge.sparsity import placement
+
+    monkeypatch.setattr(placement, "TOPK_CHUNK", 1000)
+    g = torch.Generator().manual_seed(7)
+    for trial in range(60):
+        numel = int(torch.randint(1001, 20_000, (), generator=g))
+        if scores_kind == "distinct":
+            scores = torch.rand(numel, generator=g)
+        elif scores_kind == "few_values":
+            scores = torch.randint(0, 5, (numel,), generator=g).float()
+        else:
+            scores = torch.rand(numel, generator=g) * (torch.rand(numel, generator=g) < 0.3)
+        chunks = -(-numel // 1000)
+        n = int(torch.randint(1, max(2, numel // 2 // chunks), (), generator=g))
+        expected = _chunked_top_n_by_concatenation(scores, n, largest, 1000)
+        assert torch.equal(placement.top_n_indices(scores, n, largest), expected), (trial, numel, n)

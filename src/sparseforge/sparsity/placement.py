@@ -32,14 +32,20 @@ def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.T
         # pre-select by a threshold read off a strided sample instead.
         return _top_n_by_threshold(flat, n, largest)
     # The overall top n lie among each chunk's top min(n, chunk) (exact, not an approximation).
-    values, indices = [], []
-    for start in range(0, flat.numel(), TOPK_CHUNK):
+    # Each chunk's winners are written straight into one candidate buffer (no per-chunk tensors
+    # and no concatenated copy: near the route switch the candidates are half the layer).
+    sizes = [min(n, min(TOPK_CHUNK, flat.numel() - start)) for start in range(0, flat.numel(), TOPK_CHUNK)]
+    values = torch.empty(sum(sizes), dtype=flat.dtype, device=flat.device)
+    candidates = torch.empty(sum(sizes), dtype=torch.long, device=flat.device)
+    offset = 0
+    for start, k in zip(range(0, flat.numel(), TOPK_CHUNK), sizes, strict=True):
         chunk = flat[start : start + TOPK_CHUNK]
-        v, i = torch.topk(chunk, min(n, chunk.numel()), largest=largest, sorted=False)
-        values.append(v)
-        indices.append(i.add_(start))
-    candidates = torch.cat(indices)
-    return candidates[torch.topk(torch.cat(values), n, largest=largest, sorted=False).indices]
+        torch.topk(
+            chunk, k, largest=largest, sorted=False, out=(values[offset : offset + k], candidates[offset : offset + k])
+        )
+        candidates[offset : offset + k].add_(start)
+        offset += k
+    return candidates[torch.topk(values, n, largest=largest, sorted=False).indices]
 
 
 SAMPLE = 1 << 16  # scores read to place the pre-selection threshold
