@@ -26,7 +26,7 @@ this update may come back):
   ``|momentum_buffer|`` of SGD. Those read the optimizer's state at inactive weights, so their
   gradients must reach the optimizer (``MaskSet.before_step(mask_pruned=False)``).
 
-Ties are broken deterministically (``top_n_indices``); grown weights are installed by
+Scores tied at the cut go to the lowest flat indices (``top_n_indices``); grown weights are installed by
 ``MaskSet.set_masks`` (value 0, optimizer state reset).
 """
 

@@ -14,60 +14,60 @@ from torch import nn
 
 from sparseforge.utils.seeding import seeded_generator
 
-# topk on the CPU works on a (value, int64 index) copy of its whole input: 12 bytes per score.
-# Above this size, candidates are picked chunk by chunk, so an update's peak memory stays small.
-TOPK_CHUNK = 1 << 18
-
-
-def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:
-    """Flat indices of the ``n`` highest (or lowest) scores: exactly ``n``, ties broken deterministically."""
-    flat = scores.reshape(-1)
-    if n <= 0:
-        return torch.empty(0, dtype=torch.long, device=flat.device)
-    chunks = -(-flat.numel() // TOPK_CHUNK)
-    if flat.numel() <= TOPK_CHUNK:
-        return torch.topk(flat, n, largest=largest, sorted=False).indices
-    if n * chunks > flat.numel() // 2:
-        # Chunking would keep most entries as candidates (no memory saved, twice as slow):
-        # pre-select by a threshold read off a strided sample instead.
-        return _top_n_by_threshold(flat, n, largest)
-    # The overall top n lie among each chunk's top min(n, chunk) (exact, not an approximation).
-    # Each chunk's winners are written straight into one candidate buffer (no per-chunk tensors
-    # and no concatenated copy: near the route switch the candidates are half the layer).
-    sizes = [min(n, min(TOPK_CHUNK, flat.numel() - start)) for start in range(0, flat.numel(), TOPK_CHUNK)]
-    values = torch.empty(sum(sizes), dtype=flat.dtype, device=flat.device)
-    candidates = torch.empty(sum(sizes), dtype=torch.long, device=flat.device)
-    offset = 0
-    for start, k in zip(range(0, flat.numel(), TOPK_CHUNK), sizes, strict=True):
-        chunk = flat[start : start + TOPK_CHUNK]
-        torch.topk(
-            chunk, k, largest=largest, sorted=False, out=(values[offset : offset + k], candidates[offset : offset + k])
-        )
-        candidates[offset : offset + k].add_(start)
-        offset += k
-    return candidates[torch.topk(values, n, largest=largest, sorted=False).indices]
-
-
+# topk on the CPU works on a (value, int64 index) copy of its whole input: 12 bytes per score,
+# three times the scores themselves. Above this size it only ever sees a pre-selection.
+PRESELECT_ABOVE = 1 << 18
 SAMPLE = 1 << 16  # scores read to place the pre-selection threshold
 MARGIN = 1.25  # the threshold aims at this many times n candidates
 
 
-def _top_n_by_threshold(flat: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
-    """Exact top ``n`` for large ``n``: keep the scores beyond a threshold that at least ``n``
-    pass, then one topk among those (a quarter or so of the tensor, not all of it).
+def top_n_indices(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:
+    """Flat indices of the ``n`` highest (or lowest) scores: exactly ``n``. Scores tied with the
+    ``n``-th go to the lowest flat indices, so the choice depends on neither the route below nor
+    on how a torch version's topk orders ties.
+    """
+    flat = scores.reshape(-1)
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long, device=flat.device)
+    if n > flat.numel():
+        raise ValueError(f"cannot pick {n} of {flat.numel()} scores")
+    if flat.numel() <= PRESELECT_ABOVE:
+        return _take(flat, torch.arange(flat.numel(), device=flat.device), n, largest)
+    return _take(flat, _preselect(flat, n, largest), n, largest)
+
+
+def _preselect(flat: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
+    """Indices (in increasing order) of the scores at or beyond a threshold that at least ``n``
+    pass: about ``MARGIN * n`` of them, so the exact selection never works on the whole tensor.
 
     The threshold is an order statistic of a strided sample (no randomness: every rank picks the
-    same). If fewer than ``n`` scores pass it (an unlucky sample), one topk over everything.
+    same). If fewer than ``n`` pass it (an unlucky sample), it is lowered, four times the margin
+    each time; all indices are the last resort.
     """
     numel = flat.numel()
     sample = flat[:: max(1, numel // SAMPLE)]
-    rank = min(sample.numel(), max(1, int(sample.numel() * MARGIN * n / numel) + 1))
-    threshold = torch.topk(sample, rank, largest=largest, sorted=False).values
-    threshold = threshold.min() if largest else threshold.max()
-    candidates = (flat >= threshold if largest else flat <= threshold).nonzero().squeeze(1)
-    if candidates.numel() < n:
-        return torch.topk(flat, n, largest=largest, sorted=False).indices
-    return candidates[torch.topk(flat[candidates], n, largest=largest, sorted=False).indices]
+    margin = MARGIN
+    while True:
+        rank = min(sample.numel(), max(1, int(sample.numel() * margin * n / numel) + 1))
+        threshold = torch.topk(sample, rank, largest=largest, sorted=False).values
+        threshold = threshold.min() if largest else threshold.max()
+        passing = flat >= threshold if largest else flat <= threshold
+        if int(torch.count_nonzero(passing)) >= n:  # (a bool sum would make an int64 copy)
+            return passing.nonzero().squeeze(1)
+        if rank == sample.numel():
+            return torch.arange(numel, device=flat.device)
+        margin *= 4
+
+
+def _take(flat: torch.Tensor, candidates: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
+    """The ``n`` best of ``candidates`` (increasing flat indices that hold the top ``n``): all
+    strictly beyond the ``n``-th score, then the lowest-index ties with it."""
+    values = flat[candidates]
+    nth = torch.topk(values, n, largest=largest, sorted=False).values
+    nth = nth.min() if largest else nth.max()
+    winners = candidates[values > nth if largest else values < nth]
+    tied = candidates[values == nth]
+    return torch.cat([winners, tied[: n - winners.numel()]])
 
 
 def top_n_mask(scores: torch.Tensor, n: int, largest: bool = True) -> torch.Tensor:
