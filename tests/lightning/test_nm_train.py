@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import lightning.pytorch as pl
@@ -78,6 +79,46 @@ def test_training_flops_follow_our_convention(tmp_path, data_dir):
     assert flops["samples_trained"] == 2 * 64
     assert flops["train_total"] == pytest.approx(128 * per_example)
     assert flops["train_relative_to_dense"] == pytest.approx(per_example / (3 * f_total))
+
+
+def _nm_rows(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [
+            {key: value for key, value in row.items() if key.startswith(("nm/", "flops/")) or key in ("step", "epoch")}
+            for row in csv.DictReader(f)
+            if row.get("nm/alpha")
+        ]
+
+
+def test_schedule_values_are_logged_only_where_a_row_is_written(tmp_path, data_dir, monkeypatch):
+    # Logging the five schedule values every step cost ~3.5 ms per step (Lightning's bookkeeping),
+    # though only every log_every_n_steps-th value is written: the rows must not change.
+    from sparseforge.lightning import nm_sparsity
+
+    write_mnist_like(data_dir, n_train=200, n_test=20)
+    overrides = [*_mlp_overrides(data_dir, "mdgf"), "trainer.log_every_n_steps=3"]  # alpha moves every step
+    calls = {}
+    original = pl.LightningModule.log_dict
+
+    def counting_log_dict(self, values, *args, **kwargs):
+        if "nm/alpha" in values:
+            calls[run] = calls.get(run, 0) + 1
+        return original(self, values, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log_dict", counting_log_dict)
+    rows = {}
+    for run in ("every_step", "written_rows"):
+        with monkeypatch.context() as patch:
+            if run == "every_step":
+                patch.setattr(nm_sparsity, "logger_writes_at_this_batch", lambda trainer: True)
+            train(compose_config(overrides, tmp_path / run))
+        rows[run] = _nm_rows(tmp_path / run)
+    steps = 4 * 4  # 4 epochs of 200 / 50 batches
+    assert calls["every_step"] == steps
+    assert calls["written_rows"] == steps // 3 + 4 - 1  # the rows, and each epoch's last batch (step 12 is both)
+    assert len(rows["written_rows"]) == steps // 3
+    assert rows["written_rows"] == rows["every_step"]
+    assert len({row["nm/alpha"] for row in rows["written_rows"]}) > 1  # the schedule moved between rows
 
 
 # -- checkpoint and resume --------------------------------------------------------------------------

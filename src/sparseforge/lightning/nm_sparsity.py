@@ -37,6 +37,7 @@ from sparseforge.sparsity.nm.schedule import NMSchedule
 from sparseforge.sparsity.nm.sparsifier import NMSparsifier, dense_weight
 from sparseforge.sparsity.targets import prunable_layers
 from sparseforge.utils.io import replacing
+from sparseforge.utils.logging import logger_writes_at_this_batch
 
 log = logging.getLogger("sparseforge")
 
@@ -185,6 +186,10 @@ class NMSparsityCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         phase = self.sparsifier.phase()  # the phase this batch trained in (the clock moves at the next start)
         self.flops.step(*step_densities(phase, self.sparsifier.layers))
+        # Only where a row is written, and at the epoch's end (for callback_metrics): the values
+        # are the schedule's current ones, so the rows are those of logging every step.
+        if not (logger_writes_at_this_batch(trainer) or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return
         pl_module.log_dict(
             {
                 "nm/alpha": phase.alpha,

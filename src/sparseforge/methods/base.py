@@ -75,6 +75,7 @@ from sparseforge.continual.scenarios import Task
 from sparseforge.errors import ConfigError
 from sparseforge.options import build_options
 from sparseforge.registry import Registry
+from sparseforge.utils.logging import logger_writes_at_this_batch
 from sparseforge.utils.param_groups import WeightDecayGroups
 
 #: name -> method class; registering also stores the schema of configs/method/<name>.yaml.
@@ -309,9 +310,7 @@ class ContinualMethod(pl.LightningModule):
         trainer = self._trainer
         if trainer is None:  # called outside a fit (self.log would only warn)
             return
-        write = trainer._logger_connector.should_update_logs  # Lightning's own test (as LearningRateMonitor's)
-        if write and trainer.accumulate_grad_batches > 1:
-            write = not trainer.fit_loop._should_accumulate()  # Lightning writes after the stepping batch
+        write = logger_writes_at_this_batch(trainer)
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         for name, value in values.items():
             value = value.detach() if isinstance(value, torch.Tensor) else value

@@ -1,10 +1,25 @@
-"""A rank-zero-only logger (only the main process prints under DDP)."""
+"""A rank-zero-only logger (only the main process prints under DDP), and when Lightning's loggers write."""
 
 from __future__ import annotations
 
 import logging
 
 from lightning.pytorch.utilities import rank_zero_only
+
+
+def logger_writes_at_this_batch(trainer) -> bool:
+    """Whether Lightning's loggers write a row for the current training batch: every
+    ``trainer.log_every_n_steps`` optimizer steps, after the stepping batch of an accumulated step.
+
+    A ``self.log`` call costs about 0.3 ms of Lightning bookkeeping on a CPU, a third of a
+    batch-10 MLP step, and on the other batches its value is never written: per-step values are
+    only worth logging where this is true. Valid from ``on_train_batch_start`` to
+    ``on_train_batch_end`` (Lightning's own test, as LearningRateMonitor's).
+    """
+    write = trainer._logger_connector.should_update_logs
+    if write and trainer.accumulate_grad_batches > 1:
+        write = not trainer.fit_loop._should_accumulate()
+    return write
 
 
 def get_logger(name: str = __name__) -> logging.Logger:
