@@ -374,6 +374,18 @@ def test_top_n_takes_the_lowest_indices_among_ties_on_every_route(numel, fractio
     assert torch.equal(torch.sort(got).values, expected)
 
 
+@pytest.mark.parametrize("numel", [100, 1 << 19])
+def test_top_n_refuses_nan_scores_instead_of_returning_fewer(numel):
+    from sparseforge.sparsity.placement import top_n_indices
+
+    scores = torch.rand(numel, generator=torch.Generator().manual_seed(1))
+    scores[numel // 3] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        top_n_indices(scores, numel // 2)
+    with pytest.raises(ValueError, match="cannot pick"):
+        top_n_indices(scores, numel + 1)
+
+
 def test_top_n_of_a_large_layer_needs_little_more_than_its_scores():
     # A RigL update of a 4096x4096 layer: one topk over all its scores would need 12 bytes per
     # score on top of them. Peak resident memory of a fresh process, selection alone.
