@@ -116,6 +116,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     from sparseforge.lightning.best_validation import BestValidation
     from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
+    from sparseforge.lightning.lean_step import install_lean_optimization
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
     from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
     from sparseforge.lightning.progress import progress_bar
@@ -197,6 +198,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
         reload_dataloaders_every_n_epochs=1,
         limit_val_batches=0,
     )
+    install_lean_optimization(trainer)  # Lightning's optimizer step without its do-nothing layers
     resume = find_resume_checkpoint(cfg.get("ckpt_path"), run_dir, tidy=_is_rank_zero())
     if on_config_checked is not None:
         on_config_checked()

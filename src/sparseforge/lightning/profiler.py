@@ -10,8 +10,10 @@ run's eleven callbacks times six per-batch hooks are 66 calls a step, of which s
 (measured: 9 us per hook, about 3% of a batch-10 MLP step on a CPU). Under :class:`NoProfiler`
 (the profiler ``train.build`` gives every run) :func:`install_callback_dispatch` calls only the
 callbacks whose hook is not ``Callback``'s own empty one, in the same order, with the same
-arguments. With any other profiler every callback is called as before, so a profile still names
-every hook.
+arguments. The module's own per-step hooks get the same treatment: a hook the module leaves as
+``LightningModule``'s empty default (``on_after_backward`` and five more, six calls a step) is
+not called. With any other profiler every callback and hook is called as before, so a profile
+still names every hook.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer import call as lightning_call
 
 _NOTHING = nullcontext()
 _CALL_EVERY_CALLBACK = lightning_call._call_callback_hooks  # Lightning's own
+_CALL_MODULE_HOOK = lightning_call._call_lightning_module_hook  # Lightning's own
+# The module hooks Lightning calls at every training step whose default does nothing.
+_EMPTY_STEP_HOOKS = {
+    name: getattr(LightningModule, name)
+    for name in (
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_before_zero_grad",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+    )
+}
 
 
 class NoProfiler(PassThroughProfiler):
@@ -75,7 +90,18 @@ def _call_implementing_callbacks(
         pl_module._current_fx_name = previous  # restored when hooks nest
 
 
+def _call_module_hook_if_implemented(trainer, hook_name: str, *args: Any, pl_module=None, **kwargs: Any) -> Any:
+    default = _EMPTY_STEP_HOOKS.get(hook_name)
+    if default is not None and isinstance(trainer.profiler, NoProfiler):
+        module = pl_module or trainer.lightning_module
+        if module is not None and hook_name not in vars(module) and getattr(type(module), hook_name) is default:
+            return None  # what the empty default returns
+    return _CALL_MODULE_HOOK(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
+
+
 def install_callback_dispatch() -> None:
-    """Route Lightning's callback-hook calls through :func:`_call_implementing_callbacks`
-    (idempotent; trainers with another profiler than :class:`NoProfiler` are unaffected)."""
+    """Route Lightning's callback-hook calls through :func:`_call_implementing_callbacks` and its
+    module-hook calls through :func:`_call_module_hook_if_implemented` (idempotent; trainers with
+    another profiler than :class:`NoProfiler` are unaffected)."""
     lightning_call._call_callback_hooks = _call_implementing_callbacks
+    lightning_call._call_lightning_module_hook = _call_module_hook_if_implemented

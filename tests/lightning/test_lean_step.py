@@ -1,0 +1,168 @@
+"""The lean optimizer step and the skipped empty module hooks change nothing but the cost: the same
+weights, hooks, order and progress as Lightning's own loop, and Lightning's loop wherever the
+lean step's conditions do not hold."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimization
+from lightning.pytorch.profilers import SimpleProfiler
+from lightning.pytorch.trainer import call as lightning_call
+
+from sparseforge.lightning import lean_step, profiler
+from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
+from sparseforge.train import build
+from tests.helpers.cl import QUIET, one_thread
+from tests.helpers.config import compose_config
+
+STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_before_zero_grad",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+)
+
+
+class HookLog(pl.Callback):
+    """Records every per-step hook, the module's current hook name, the step, and the gradients'
+    and the weights' norms then."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def _record(self, hook, pl_module):
+        grads = [p.grad.norm().item() for p in pl_module.parameters() if p.grad is not None]
+        weights = [p.detach().norm().item() for p in pl_module.parameters()]
+        self.calls.append((hook, pl_module._current_fx_name, pl_module.trainer.global_step, grads, weights))
+
+
+for _hook in STEP_HOOKS:
+    setattr(HookLog, _hook, lambda self, trainer, pl_module, *args, _hook=_hook: self._record(_hook, pl_module))
+
+
+def fit(tmp_path, name: str, overrides: list[str], lean: bool, monkeypatch) -> dict:
+    """One small fit (digits, MLP, 5 tasks, 4 batches each) with the lean step or Lightning's own."""
+    monkeypatch.setattr(profiler, "_EMPTY_STEP_HOOKS", dict(profiler._EMPTY_STEP_HOOKS) if lean else {}, raising=True)
+    quiet = [o for o in QUIET if not o.startswith("sparsity=")]  # each case names its sparsity
+    cfg = [
+        *quiet,
+        "scenario.n_tasks=5",
+        "scenario.epochs_per_task=1",
+        "trainer.limit_train_batches=4",
+        "data.batch_size=16",
+        *overrides,
+    ]
+    run = build(compose_config(cfg, output_dir=tmp_path / name))
+    loop = run.trainer.fit_loop.epoch_loop
+    assert isinstance(loop.automatic_optimization, lean_step.LeanAutomaticOptimization)
+    if not lean:  # Lightning's own loop, with the same progress object
+        stock = _AutomaticOptimization(run.trainer)
+        stock.optim_progress = loop.automatic_optimization.optim_progress
+        loop.automatic_optimization = stock
+    log = HookLog()
+    run.trainer.callbacks.append(log)
+    with one_thread():
+        run.trainer.fit(run.method, datamodule=run.datamodule)
+    return {
+        "weights": {k: v.clone() for k, v in run.method.state_dict().items()},
+        "hooks": log.calls,
+        "global_step": run.trainer.global_step,
+        "progress": loop.automatic_optimization.optim_progress.state_dict(),
+        "metrics": {k: float(v) for k, v in run.trainer.callback_metrics.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=er", "sparsity=rigl", "sparsity.delta_t=4"],  # masks, gradient hooks, drop and grow
+        ["method=derpp", "sparsity=dense"],
+        ["method=finetune", "sparsity=dense", "trainer.gradient_clip_val=0.05"],  # clipping on the lean path
+    ],
+    ids=["er_rigl", "derpp", "finetune_clipped"],
+)
+def test_the_lean_step_gives_lightnings_weights_hooks_and_progress(tmp_path, monkeypatch, overrides):
+    lean = fit(tmp_path, "lean", overrides, lean=True, monkeypatch=monkeypatch)
+    stock = fit(tmp_path, "stock", overrides, lean=False, monkeypatch=monkeypatch)
+    assert lean["global_step"] == stock["global_step"] == 20
+    assert lean["progress"] == stock["progress"]
+    assert lean["hooks"] == stock["hooks"]  # every hook, in order, with the same gradients
+    assert lean["metrics"] == stock["metrics"]
+    for name, value in stock["weights"].items():
+        assert torch.equal(lean["weights"][name], value), name
+
+
+def test_lightnings_loop_runs_where_the_lean_steps_conditions_fail(tmp_path, monkeypatch):
+    """Gradient accumulation (and a module's own optimizer_step, an L-BFGS optimizer, another
+    strategy or a gradient scaler) takes Lightning's own path."""
+    taken: list[str] = []
+    stock_run = _AutomaticOptimization.run
+
+    def spy(self, *args, **kwargs):
+        taken.append(type(self).__name__)
+        return stock_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(_AutomaticOptimization, "run", spy)
+    cfg = [
+        *QUIET,
+        "method=finetune",
+        "scenario.n_tasks=1",
+        "scenario.epochs_per_task=1",
+        "trainer.limit_train_batches=4",
+    ]
+    run = build(compose_config([*cfg, "trainer.accumulate_grad_batches=2"], output_dir=tmp_path / "acc"))
+    with one_thread():
+        run.trainer.fit(run.method, datamodule=run.datamodule)
+    assert taken == ["LeanAutomaticOptimization"] * 4  # each batch fell through to Lightning's run
+    assert run.trainer.global_step == 2
+    taken.clear()
+    run = build(compose_config(cfg, output_dir=tmp_path / "plain"))
+    with one_thread():
+        run.trainer.fit(run.method, datamodule=run.datamodule)
+    assert taken == [] and run.trainer.global_step == 4  # the lean path, not Lightning's run
+
+
+def _trainer(profiler_, module: pl.LightningModule) -> pl.Trainer:
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, profiler=profiler_)
+    trainer.strategy.connect(module)
+    return trainer
+
+
+def test_empty_module_hooks_are_skipped_and_implemented_ones_called(monkeypatch):
+    install_callback_dispatch()
+    reached: list[str] = []
+    real = profiler._CALL_MODULE_HOOK
+    monkeypatch.setattr(
+        profiler,
+        "_CALL_MODULE_HOOK",
+        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
+    )
+
+    class Backward(pl.LightningModule):
+        called = 0
+
+        def on_after_backward(self):
+            type(self).called += 1
+
+    plain = _trainer(NoProfiler(), pl.LightningModule())
+    for hook in ("on_after_backward", "on_before_zero_grad"):
+        assert lightning_call._call_lightning_module_hook(plain, hook) is None
+    assert reached == []
+    lightning_call._call_lightning_module_hook(plain, "on_train_epoch_end")  # not a per-step hook: as before
+    assert reached == ["on_train_epoch_end"]
+
+    own = _trainer(NoProfiler(), Backward())
+    lightning_call._call_lightning_module_hook(own, "on_after_backward")
+    assert Backward.called == 1 and reached[-1] == "on_after_backward"
+    instance = pl.LightningModule()
+    instance.on_before_zero_grad = lambda optimizer: reached.append("instance's own")
+    lightning_call._call_lightning_module_hook(_trainer(NoProfiler(), instance), "on_before_zero_grad", None)
+    assert reached[-1] == "instance's own"
+
+    reached.clear()  # another profiler: every hook reaches Lightning, so a profile names them all
+    lightning_call._call_lightning_module_hook(_trainer(SimpleProfiler(), pl.LightningModule()), "on_after_backward")
+    assert reached == ["on_after_backward"]
