@@ -9,7 +9,14 @@ from torch.utils.data import BatchSampler
 
 from sparseforge.continual.scenarios import ClassIncremental
 from sparseforge.data import MNIST
-from sparseforge.lightning.datamodule import ContinualDataModule, EpochPermutation, ResumableLoader, SlicedBatches
+from sparseforge.lightning.datamodule import (
+    ContinualDataModule,
+    EpochPermutation,
+    ResumableLoader,
+    SlicedLoader,
+    _IndexedImages,
+    _TrainingIds,
+)
 from tests.helpers.fake_data import write_mnist_like
 
 
@@ -49,33 +56,48 @@ def test_a_resumed_pass_serves_exactly_the_batches_after_the_saved_point(n, batc
     assert [b.tolist() for b in resumed] == full
 
 
+def sliced_loader(n: int, batch_size: int, seed: int, drop_last: bool) -> SlicedLoader:
+    """A SlicedLoader over n examples whose images are their own ids (batch[0] is the batch's ids)."""
+    ids = torch.arange(n)
+    images = type("Images", (), {"x": ids, "y": ids})()  # what _IndexedImages reads: .x and .y
+    examples = _IndexedImages(images, ids, _TrainingIds(n, False, torch.zeros(n, dtype=torch.long)))
+    return SlicedLoader(examples, EpochPermutation(n, seed), batch_size, drop_last)
+
+
 @settings(max_examples=80, deadline=None)
-@given(**PASSES)
-def test_sliced_batches_are_the_batches_of_the_permutation(n, batch_size, seed, drop_last):
-    """The datamodule's batch sampler slices the permutation tensor; the batches are those a
-    BatchSampler over the same permutation gives, as tensors."""
-    order = EpochPermutation(n, seed)
-    expected = list(BatchSampler(order, batch_size, drop_last))
-    got = list(SlicedBatches(order, batch_size, drop_last))
-    assert len(got) == len(expected) == len(SlicedBatches(order, batch_size, drop_last))
-    assert all(torch.is_tensor(b) for b in got)
-    assert [b.tolist() for b in got] == expected
-
-
-def test_sliced_batches_batch_any_other_sampler_item_by_item():
-    """Under DDP Lightning hands the batch sampler its distributed sampler in place of the permutation."""
-    assert list(SlicedBatches(range(7), 3, drop_last=False)) == [[0, 1, 2], [3, 4, 5], [6]]
+@given(**PASSES, data=st.data())
+def test_the_sliced_loader_serves_a_batch_samplers_batches_and_resumes_as_the_dataloader(
+    n, batch_size, seed, drop_last, data
+):
+    """The fast path's loader gives the batches a BatchSampler over the permutation gives, and its
+    state resumes a pass exactly as ResumableLoader's does."""
+    expected = list(BatchSampler(EpochPermutation(n, seed), batch_size, drop_last))
+    full = [batch[0].tolist() for batch in sliced_loader(n, batch_size, seed, drop_last)]
+    assert full == expected and len(sliced_loader(n, batch_size, seed, drop_last)) == len(expected)
+    cut = data.draw(st.integers(0, len(full)), label="batches served before the checkpoint")
+    interrupted, reference = sliced_loader(n, batch_size, seed, drop_last), loader(n, batch_size, seed, drop_last)
+    it, it_reference = iter(interrupted), iter(reference)
+    for _ in range(cut):
+        next(it), next(it_reference)
+    assert interrupted.state_dict() == reference.state_dict() == {"batches_served": cut}
+    resumed = sliced_loader(n, batch_size, seed, drop_last)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert [batch[0].tolist() for batch in resumed] == full[cut:]
+    assert resumed.state_dict() == {"batches_served": len(full)}
+    assert [batch[0].tolist() for batch in resumed] == full  # the next pass is whole again
 
 
 def test_the_datamodules_loader_serves_the_same_examples_with_or_without_workers(data_dir):
-    """Batches as slices (no workers) or as index lists (workers): the same examples, and a
-    resumed pass serves the rest."""
+    """The sliced loader (no workers) or a DataLoader (workers): the same batches, and a resumed
+    pass serves the rest."""
     write_mnist_like(data_dir, n_train=95, n_test=10)
     dm = ContinualDataModule(MNIST(data_dir, download=False), ClassIncremental(n_tasks=1), batch_size=10, seed=4)
     dm.setup()
     index = dm.tasks[0].train_index
+    assert isinstance(dm.train_loader_for(index, epoch=2), SlicedLoader)
     sliced = [[t.tolist() for t in batch] for batch in dm.train_loader_for(index, epoch=2)]
     dm.num_workers = 1
+    assert isinstance(dm.train_loader_for(index, epoch=2), ResumableLoader)
     listed = [[t.tolist() for t in batch] for batch in dm.train_loader_for(index, epoch=2)]
     assert sliced == listed and len(sliced) == 10
     assert sorted(i for batch in sliced for i in batch[3]) == index.tolist()  # every example once
@@ -86,16 +108,15 @@ def test_the_datamodules_loader_serves_the_same_examples_with_or_without_workers
 
 
 def test_under_a_distributed_strategy_the_loader_keeps_the_permutation_as_its_sampler(data_dir):
-    """Lightning wraps a training loader's ``sampler`` in its distributed sampler; a loader with a
-    batch sampler has a sequential one there, so under DDP the batches are not slices."""
+    """Lightning wraps a training DataLoader's ``sampler`` in its distributed sampler, so under DDP
+    the loader is a DataLoader over the permutation, not the sliced loader."""
     import lightning.pytorch as pl
-    from torch.utils.data import BatchSampler
 
     write_mnist_like(data_dir, n_train=40, n_test=10)
     dm = ContinualDataModule(MNIST(data_dir, download=False), ClassIncremental(n_tasks=1), batch_size=10, seed=4)
     dm.setup()
     dm.trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, logger=False, enable_progress_bar=False)
     loader = dm.train_loader_for(dm.tasks[0].train_index, epoch=0)
-    assert isinstance(loader.sampler, EpochPermutation) and type(loader.batch_sampler) is BatchSampler
+    assert isinstance(loader, ResumableLoader) and isinstance(loader.sampler, EpochPermutation)
     dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    assert isinstance(dm.train_loader_for(dm.tasks[0].train_index, epoch=0).batch_sampler, SlicedBatches)
+    assert isinstance(dm.train_loader_for(dm.tasks[0].train_index, epoch=0), SlicedLoader)

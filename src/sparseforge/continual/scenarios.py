@@ -79,7 +79,7 @@ def split_training_ids(
     ``views_per_task``, else ``(ids, task_of_image[ids])`` (the first task that trains on the image)."""
     if views_per_task:
         return ids % n_images, ids // n_images
-    return ids, task_of_image[ids]
+    return ids, task_of_image.index_select(0, ids)  # index_select: cheaper than [] on small batches
 
 
 def _index_of_classes(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:

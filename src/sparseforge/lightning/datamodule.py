@@ -137,23 +137,65 @@ class EpochPermutation(torch.utils.data.Sampler[int]):
         return iter(self.order().tolist())
 
 
-class SlicedBatches(torch.utils.data.BatchSampler):
-    """The batches of an :class:`EpochPermutation` as slices of its index tensor.
+class SlicedLoader:
+    """The fast path's training loader: the batches of an in-memory split, in the order of the
+    epoch's :class:`EpochPermutation`.
 
-    The same batches as a ``BatchSampler`` over it, each handed over as one tensor instead of a
-    list of ints that the dataset turns back into a tensor (at batch 10, the list building and
-    conversion cost as much as indexing the images). Any other sampler (under DDP, Lightning's
-    ``DistributedSamplerWrapper`` around the permutation) is batched item by item, as usual.
+    The same batches, in the same order, as a DataLoader with a ``BatchSampler`` over the
+    permutation gives, without its per-batch machinery (sampler iterator, fetcher, collate,
+    profiler record): at batch 10 on a CPU that machinery cost as much as indexing the images.
+    The pass's training ids and their task ids are gathered once, at its start; a batch is then
+    two slices of those and one gather of its images and labels. Resumable as
+    :class:`ResumableLoader` is (the same ``state_dict``); a skipped batch is not even gathered.
+    Used without worker processes, per-image transforms or a distributed strategy (see
+    ``ContinualDataModule._serves_slices``); everything else goes through a DataLoader.
     """
 
-    def __iter__(self):
-        if not isinstance(self.sampler, EpochPermutation):
-            yield from super().__iter__()
-            return
-        order = self.sampler.order()
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size]
+    def __init__(
+        self,
+        examples: _IndexedImages,
+        order: EpochPermutation,
+        batch_size: int,
+        drop_last: bool,
+        pin_memory: bool = False,
+    ):
+        self.examples, self.order, self.batch_size = examples, order, batch_size
+        self.drop_last, self.pin_memory = drop_last, pin_memory
+        self._served = 0
+        self._skip = 0
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        skip, self._skip = self._skip, 0
+        self._served = 0
+        return self._batches(skip)
+
+    def _batches(self, skip: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        examples, size = self.examples, self.batch_size
+        ids = examples.index.index_select(0, self.order.order())  # the pass's ids, in order
+        images, task = examples.locate(ids)
+        x, y = examples.data.x, examples.data.y
+        self._served = skip
+        for start in range(skip * size, len(self) * size, size):
+            stop = start + size
+            batch_images = images[start:stop]
+            batch = (
+                x.index_select(0, batch_images),
+                y.index_select(0, batch_images),
+                task[start:stop],
+                ids[start:stop],
+            )
+            self._served += 1
+            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state["batches_served"])
 
 
 class ResumableLoader(DataLoader):
@@ -320,7 +362,7 @@ class ContinualDataModule(pl.LightningDataModule):
     def epoch_in_task(self, epoch: int) -> int:
         return epoch - self.task_of_epoch(epoch) * self.scenario.epochs_per_task
 
-    def train_loader_for(self, index: torch.Tensor, epoch: int) -> ResumableLoader:
+    def train_loader_for(self, index: torch.Tensor, epoch: int) -> SlicedLoader | ResumableLoader:
         # The order is a function of (seed, epoch) only, so a resumed run replays the same order.
         # The loader's own generator only seeds workers; giving it one keeps iter() from drawing
         # on the global torch RNG, which the augmentations use.
@@ -331,14 +373,13 @@ class ContinualDataModule(pl.LightningDataModule):
             examples = _IndexedImages(self.train_data, index, self._locate)
         else:
             examples = _TransformedImages(self.train_data, index, self._locate, self.train_per_image, order_seed)
-        batching = (
-            {"batch_sampler": SlicedBatches(order, self.batch_size, drop_last)}
-            if self._serves_slices(examples)
-            else {"sampler": order, "batch_size": self.batch_size, "drop_last": drop_last}
-        )
+        if self._serves_slices(examples):
+            return SlicedLoader(examples, order, self.batch_size, drop_last, self.pin_memory)
         return ResumableLoader(
             examples,
-            **batching,
+            sampler=order,
+            batch_size=self.batch_size,
+            drop_last=drop_last,
             generator=torch.Generator().manual_seed(order_seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -347,17 +388,16 @@ class ContinualDataModule(pl.LightningDataModule):
         )
 
     def _serves_slices(self, examples) -> bool:
-        """Whether the loader's batches can be slices of the permutation: not with worker
-        processes (a tensor would go through shared memory), not with per-image transforms (they
-        seed their RNG streams from the first position, an int), and not under a distributed
-        strategy: Lightning then wraps the loader's ``sampler`` in its distributed sampler, and
-        a loader given a batch sampler has a sequential ``sampler`` in place of the permutation."""
+        """Whether a :class:`SlicedLoader` can serve the batches: not with worker processes, not
+        with per-image transforms (they run in the loader, seeded by the batch's first position),
+        and not under a distributed strategy (Lightning gives a DataLoader's ``sampler`` its
+        distributed sampler, which hands each rank its share of the permutation)."""
         from lightning.pytorch.strategies import ParallelStrategy
 
         distributed = self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy)
         return self.num_workers == 0 and type(examples) is _IndexedImages and not distributed
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> SlicedLoader | ResumableLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         task = self.tasks[self.task_of_epoch(epoch)]
         method = self.trainer.lightning_module if self.trainer is not None else None
