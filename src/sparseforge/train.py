@@ -121,11 +121,13 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
     from sparseforge.lightning.progress import progress_bar
     from sparseforge.lightning.reproducibility import RNGStateCallback
+    from sparseforge.lightning.result_moves import install_result_move_skip
     from sparseforge.lightning.train_metrics import TrainMetricsForSummary
     from sparseforge.utils.allocator import configure_cpu_allocator
 
     validate(cfg)
     install_callback_dispatch()  # callbacks are called only at the hooks they implement
+    install_result_move_skip()  # self.log moves nothing that is already on its device
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     configure_cpu_allocator(cfg.get("cpu_allocator", "system"))
