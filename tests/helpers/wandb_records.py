@@ -34,6 +34,8 @@ def read_records(path: str | Path) -> list[Any]:
         if length == 0 and kind == 0:  # zero padding up to the end of the block
             pos += left_in_block
             continue
+        if pos + HEADER + length > len(data):  # a record still being written: read it later
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == FULL:
@@ -78,8 +80,15 @@ def records_when_finished(offline_dir: str | Path, timeout: float = 120.0) -> li
 
     path = next(Path(offline_dir).glob("run-*.wandb"))
     deadline = time.monotonic() + timeout
+    from google.protobuf.message import DecodeError
+
     while True:
-        records = read_records(path)
+        try:
+            records = read_records(path)
+        except DecodeError:  # caught mid-write (the service writes in its own time): read again
+            if time.monotonic() > deadline:
+                raise
+            records = []
         if of_type(records, "exit") or time.monotonic() > deadline:
             return records
         time.sleep(0.5)
