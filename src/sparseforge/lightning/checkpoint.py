@@ -36,8 +36,8 @@ class ResumeCheckpoint(ModelCheckpoint):
 
     ``every_n_train_steps`` / ``train_time_interval`` add saves inside an epoch, to the same file
     (Lightning makes them exclusive with ``every_n_epochs``; here they come on top). A resume from
-    such a save continues at the next batch: the training loader is stateful
-    (``ResumableLoader``), and model, optimizer, method state, masks and every RNG state are in
+    such a save continues at the next batch: the training loader is stateful (``SlicedLoader``,
+    ``ResumableLoader``), and model, optimizer, method state, masks and every RNG state are in
     the checkpoint. Two saves are left out on purpose:
 
     - at an epoch's last batch: Lightning would treat that checkpoint as a finished epoch whose

@@ -3,8 +3,8 @@
 Every ``self.log`` call moves the value's stored result to the value's device
 (``_ResultMetric.to``), by walking the whole ``__dict__`` of that torchmetrics ``Metric``:
 its states, but also every hook dictionary and module registry it inherits from ``nn.Module``.
-That walk is most of what a ``self.log`` call costs: about 0.3 ms on a CPU, as much as a
-batch-10 MLP step. When the result's state tensors are already on that device there is nothing
+That walk was most of what a ``self.log`` call cost: about half a millisecond on a CPU, as much
+as a batch-10 MLP step. When the result's state tensors are already on that device there is nothing
 to move, and :func:`install_result_move_skip` makes the call return at once; any other move runs
 Lightning's own code.
 """

@@ -300,9 +300,8 @@ class ContinualMethod(pl.LightningModule):
         """Log per-step training metrics as the mean over the steps each logged row covers.
 
         Loggers only write every ``trainer.log_every_n_steps`` steps; in between, the values are
-        summed on the device, so a step costs neither a ``self.log`` call (about 0.3 ms of
-        Lightning bookkeeping on a CPU, a third of a batch-10 MLP step) nor a host
-        synchronisation. A row at step s holds the mean over the steps since the previous row;
+        summed on the device, so a step costs neither a ``self.log`` call (Lightning bookkeeping,
+        a tenth of a batch-10 MLP step or more on a CPU) nor a host synchronisation. A row at step s holds the mean over the steps since the previous row;
         ``trainer.log_every_n_steps=1`` logs every step's own value (a per-step curve). At an
         epoch's last batch the running mean also goes to ``trainer.callback_metrics`` (progress
         bar, summary.json) without a row.

@@ -11,9 +11,9 @@ def logger_writes_at_this_batch(trainer) -> bool:
     """Whether Lightning's loggers write a row for the current training batch: every
     ``trainer.log_every_n_steps`` optimizer steps, after the stepping batch of an accumulated step.
 
-    A ``self.log`` call costs about 0.3 ms of Lightning bookkeeping on a CPU, a third of a
-    batch-10 MLP step, and on the other batches its value is never written: per-step values are
-    only worth logging where this is true. Valid from ``on_train_batch_start`` to
+    A ``self.log`` call costs Lightning bookkeeping (a tenth of a millisecond or more on a CPU,
+    a tenth of a batch-10 MLP step), and on the other batches its value is never written:
+    per-step values are only worth logging where this is true. Valid from ``on_train_batch_start`` to
     ``on_train_batch_end`` (Lightning's own test, as LearningRateMonitor's).
     """
     write = trainer._logger_connector.should_update_logs
