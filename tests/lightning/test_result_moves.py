@@ -15,12 +15,18 @@ def logged(value: torch.Tensor) -> _ResultMetric:
     return collection["training_step.train/loss"]
 
 
-def test_a_result_on_the_values_device_is_not_walked(monkeypatch):
-    install_result_move_skip()
-    result = logged(torch.tensor(2.0))
+def count_walks(monkeypatch) -> list[int]:
+    """One entry per walk Lightning's own move makes over a result's ``__dict__``."""
     walks: list[int] = []
     real = lightning_result.apply_to_collection
     monkeypatch.setattr(lightning_result, "apply_to_collection", lambda *a, **k: walks.append(1) or real(*a, **k))
+    return walks
+
+
+def test_a_result_on_the_values_device_is_not_walked(monkeypatch):
+    install_result_move_skip()
+    result = logged(torch.tensor(2.0))
+    walks = count_walks(monkeypatch)
     assert result.to(torch.device("cpu")) is result
     assert walks == []  # Lightning walks the metric's whole __dict__ here
     value, batches = result.value, result.cumulated_batch_size
@@ -32,9 +38,7 @@ def test_a_result_on_the_values_device_is_not_walked(monkeypatch):
 def test_other_arguments_take_lightnings_move(monkeypatch):
     install_result_move_skip()
     result = logged(torch.tensor(1.0))
-    walks: list[int] = []
-    real = lightning_result.apply_to_collection
-    monkeypatch.setattr(lightning_result, "apply_to_collection", lambda *a, **k: walks.append(1) or real(*a, **k))
+    walks = count_walks(monkeypatch)
     result.to("cpu")  # a string, not a device
     result.to(device=torch.device("cpu"))  # a keyword
     assert walks == [1, 1]
