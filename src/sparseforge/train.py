@@ -117,6 +117,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     from sparseforge.lightning.checkpoint_io import AtomicCheckpointIO, CheckpointCommits, find_resume_checkpoint
     from sparseforge.lightning.csv_log import CSVLogger, CSVLogPosition
     from sparseforge.lightning.lean_step import install_lean_optimization
+    from sparseforge.lightning.metric_refresh import install_metric_refresh_skip
     from sparseforge.lightning.nonfinite_loss import NonFiniteLossGuard
     from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
     from sparseforge.lightning.progress import progress_bar
@@ -128,6 +129,7 @@ def build(cfg: DictConfig, on_config_checked: Callable[[], None] | None = None) 
     validate(cfg)
     install_callback_dispatch()  # callbacks are called only at the hooks they implement
     install_result_move_skip()  # self.log moves nothing that is already on its device
+    install_metric_refresh_skip()  # the trainer's metrics are rebuilt after a batch that logged
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     configure_cpu_allocator(cfg.get("cpu_allocator", "system"))

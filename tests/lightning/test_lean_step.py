@@ -4,12 +4,15 @@ lean step's conditions do not hold."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimization
 from lightning.pytorch.profilers import SimpleProfiler
 from lightning.pytorch.trainer import call as lightning_call
+from lightning.pytorch.trainer.connectors.data_connector import _DataHookSelector
 
 from sparseforge.lightning import lean_step, profiler
 from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
@@ -46,7 +49,10 @@ for _hook in STEP_HOOKS:
 
 def fit(tmp_path, name: str, overrides: list[str], lean: bool, monkeypatch) -> dict:
     """One small fit (digits, MLP, 5 tasks, 4 batches each) with the lean step or Lightning's own."""
-    monkeypatch.setattr(profiler, "_EMPTY_STEP_HOOKS", dict(profiler._EMPTY_STEP_HOOKS) if lean else {}, raising=True)
+    for skipped in ("_EMPTY_STEP_HOOKS", "_IDENTITY_BATCH_HOOKS"):  # Lightning calls every module hook
+        monkeypatch.setattr(profiler, skipped, dict(getattr(profiler, skipped)) if lean else {}, raising=True)
+    if not lean:
+        monkeypatch.setattr(profiler, "_clipping_does_nothing", lambda trainer, module: False)
     quiet = [o for o in QUIET if not o.startswith("sparsity=")]  # each case names its sparsity
     cfg = [
         *quiet,
@@ -166,3 +172,131 @@ def test_empty_module_hooks_are_skipped_and_implemented_ones_called(monkeypatch)
     reached.clear()  # another profiler: every hook reaches Lightning, so a profile names them all
     lightning_call._call_lightning_module_hook(_trainer(SimpleProfiler(), pl.LightningModule()), "on_after_backward")
     assert reached == ["on_after_backward"]
+
+
+def test_batch_transfer_hooks_left_as_defaults_return_the_batch_without_a_call(monkeypatch):
+    install_callback_dispatch()
+    reached: list[str] = []
+    real = profiler._CALL_MODULE_HOOK
+    monkeypatch.setattr(
+        profiler,
+        "_CALL_MODULE_HOOK",
+        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
+    )
+    plain = _trainer(NoProfiler(), pl.LightningModule())
+    batch = object()
+    for hook in ("on_before_batch_transfer", "on_after_batch_transfer"):
+        assert lightning_call._call_lightning_module_hook(plain, hook, batch, 0) is batch
+        assert lightning_call._call_lightning_module_hook(plain, hook, batch=batch, dataloader_idx=0) is batch
+    assert reached == []
+
+    class Shifted(pl.LightningModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch + 1
+
+    shifted = _trainer(NoProfiler(), Shifted())
+    assert lightning_call._call_lightning_module_hook(shifted, "on_after_batch_transfer", 1, 0) == 2
+    assert reached == ["on_after_batch_transfer"]
+
+
+def test_the_clipping_hook_is_skipped_only_where_it_would_clip_nothing(monkeypatch):
+    install_callback_dispatch()
+    reached: list[str] = []
+    real = profiler._CALL_MODULE_HOOK
+    monkeypatch.setattr(
+        profiler,
+        "_CALL_MODULE_HOOK",
+        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
+    )
+
+    def clip(module: pl.LightningModule, clip_val) -> torch.Tensor:
+        trainer = pl.Trainer(
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            profiler=NoProfiler(),
+            gradient_clip_val=clip_val,
+        )
+        trainer.strategy.connect(module)
+        module.trainer = trainer
+        weight = torch.nn.Parameter(torch.zeros(3))
+        weight.grad = torch.tensor([3.0, 4.0, 0.0])
+        optimizer = torch.optim.SGD([weight], lr=1.0)
+        lightning_call._call_lightning_module_hook(
+            trainer, "configure_gradient_clipping", optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=None
+        )
+        return weight.grad
+
+    assert torch.equal(clip(pl.LightningModule(), None), torch.tensor([3.0, 4.0, 0.0]))
+    assert torch.equal(clip(pl.LightningModule(), 0.0), torch.tensor([3.0, 4.0, 0.0]))
+    assert reached == []  # nothing to clip: not called
+    assert torch.allclose(clip(pl.LightningModule(), 1.0), torch.tensor([0.6, 0.8, 0.0]))
+    assert reached == ["configure_gradient_clipping"]  # a clip value: Lightning clips
+
+    class OwnClipping(pl.LightningModule):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=0.5, gradient_clip_algorithm="value")
+
+    assert torch.equal(clip(OwnClipping(), None), torch.tensor([0.5, 0.5, 0.0]))  # its own rule, no clip value
+    assert reached[-1] == "configure_gradient_clipping"
+
+
+class _NoWeakReference:
+    """A callable training step that cannot be weakly referenced (so it cannot be remembered)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, batch, batch_idx):
+        self.calls += 1
+
+
+def test_training_step_gets_batch_idx_exactly_when_its_signature_takes_it():
+    install_callback_dispatch()
+
+    class WithIndex(pl.LightningModule):
+        def training_step(self, batch, batch_idx):
+            pass
+
+    class WithoutIndex(pl.LightningModule):
+        def training_step(self, batch):
+            pass
+
+    class AnyName(pl.LightningModule):
+        def training_step(self, batch, i):  # Lightning: two arguments after self are batch, batch_idx
+            pass
+
+    class Varargs(pl.LightningModule):
+        def training_step(self, *args):
+            pass
+
+    unweakrefable = pl.LightningModule()
+    unweakrefable.training_step = _NoWeakReference()
+    expected = {WithIndex(): True, WithoutIndex(): False, AnyName(): True, Varargs(): True, unweakrefable: True}
+    for _ in range(2):  # remembered the first time, the same the second
+        for module, takes_index in expected.items():
+            loop = _trainer(NoProfiler(), module).fit_loop.epoch_loop
+            kwargs = loop._build_kwargs(OrderedDict(), "batch", 7)
+            assert kwargs == (OrderedDict(batch="batch", batch_idx=7) if takes_index else OrderedDict(batch="batch"))
+    assert profiler._TAKES_BATCH_IDX[WithoutIndex.training_step] is False
+
+
+def test_the_owner_of_a_batch_transfer_hook_is_looked_up_once_per_selector(monkeypatch):
+    install_callback_dispatch()
+    lookups: list[str] = []
+    real = profiler._FIND_HOOK_OWNER
+    monkeypatch.setattr(profiler, "_FIND_HOOK_OWNER", lambda self, hook: lookups.append(hook) or real(self, hook))
+
+    class Data(pl.LightningDataModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch
+
+    module, data = pl.LightningModule(), Data()
+    selector = _DataHookSelector(module, data)
+    for _ in range(3):
+        assert selector.get_instance("on_after_batch_transfer") is data
+        assert selector.get_instance("on_before_batch_transfer") is module
+    assert lookups == ["on_after_batch_transfer", "on_before_batch_transfer"]
+    assert _DataHookSelector(module, None).get_instance("on_after_batch_transfer") is module  # a new fit: asked again

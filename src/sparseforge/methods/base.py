@@ -58,7 +58,6 @@ Everything else (optimizers from config, logging, the task loop, sparsity) is sh
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -92,14 +91,6 @@ def training_target(batch) -> torch.Tensor:
     (mixup) when there are any, else the labels."""
     target = getattr(batch, "target", None)
     return batch.y if target is None else target
-
-
-def _remember_signature(function) -> None:
-    """Lightning inspects ``training_step``'s signature at every step (does it take ``batch_idx``?),
-    which cost 2% of a batch-10 MLP step; ``inspect`` returns a function's ``__signature__`` when it
-    has one, so it is computed once, when the class is created."""
-    if function is not None and "__signature__" not in function.__dict__:
-        function.__signature__ = inspect.signature(function)
 
 
 class ContinualMethod(pl.LightningModule):
@@ -278,10 +269,6 @@ class ContinualMethod(pl.LightningModule):
     # stored directly (measured: 2-3% of a batch-10 MLP step on a CPU).
     _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_train_correct", "_train_seen"})
 
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        _remember_signature(cls.training_step)  # its own, a mixin's or inherited
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._PLAIN_ATTRIBUTES:
             object.__setattr__(self, name, value)
@@ -387,6 +374,3 @@ class ContinualMethod(pl.LightningModule):
         self._step_sums = {
             name: [torch.tensor(total, device=self.device), steps] for name, (total, steps) in sums.items()
         }
-
-
-_remember_signature(ContinualMethod.training_step)
