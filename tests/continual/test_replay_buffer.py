@@ -56,6 +56,30 @@ def test_batched_reservoir_equals_one_example_at_a_time(capacity, n, batch_sizes
     assert len(batched) == min(capacity, n)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 5000),
+    seen=st.integers(0, 10**12),
+    n=st.integers(1, 600),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_reservoir_slots_are_each_draw_times_its_stream_position_in_double_precision(capacity, seen, n, seed):
+    """The slots are those of the tensor formula: floor(u * position) in float64, the next free
+    slots while filling, -1 (kept out) at or past the capacity."""
+    buffer = ReplayBuffer(capacity, seed=seed)
+    buffer.seen = seen
+    generator = torch.Generator()
+    generator.set_state(buffer.generator.get_state())
+    draws = torch.rand(n, generator=generator, dtype=torch.float64)
+    expected = draws.mul_(torch.arange(seen + 1, seen + n + 1, dtype=torch.float64)).long()
+    if seen < capacity:
+        fill = min(n, capacity - seen)
+        expected[:fill] = torch.arange(seen, seen + fill)
+    expected = expected.masked_fill_(expected >= capacity, -1)
+    assert buffer._reservoir_slots(n) == expected.tolist()
+    assert torch.equal(buffer.generator.get_state(), generator.get_state())  # the same draws consumed
+
+
 def test_reservoir_keeps_every_example_with_equal_probability():
     capacity, n, trials = 10, 50, 600
     counts = torch.zeros(n)

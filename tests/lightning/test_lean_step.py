@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimization
 from lightning.pytorch.profilers import SimpleProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call as lightning_call
 from lightning.pytorch.trainer.connectors.data_connector import _DataHookSelector
 
@@ -300,3 +301,116 @@ def test_the_owner_of_a_batch_transfer_hook_is_looked_up_once_per_selector(monke
         assert selector.get_instance("on_before_batch_transfer") is module
     assert lookups == ["on_after_batch_transfer", "on_before_batch_transfer"]
     assert _DataHookSelector(module, None).get_instance("on_after_batch_transfer") is module  # a new fit: asked again
+
+
+class _Regression(pl.LightningModule):
+    def __init__(self, schedule_every_step: bool):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.schedule_every_step = schedule_every_step
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+        if not self.schedule_every_step:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@pytest.mark.parametrize("schedule_every_step", [True, False])
+def test_lightnings_scheduler_update_runs_only_for_a_run_with_a_scheduler(monkeypatch, schedule_every_step):
+    install_callback_dispatch()
+    updates: list[str] = []
+    real = profiler._UPDATE_LR_SCHEDULERS
+    monkeypatch.setattr(
+        profiler,
+        "_UPDATE_LR_SCHEDULERS",
+        lambda loop, interval, plateau: updates.append(interval) or real(loop, interval, plateau),
+    )
+    module = _Regression(schedule_every_step)
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        profiler=NoProfiler(),
+    )
+    data = torch.utils.data.TensorDataset(torch.randn(12, 2))
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    if schedule_every_step:
+        assert updates == ["step"] * 6 and lr == 0.5**3  # twice a batch (then plateau ones); stepped 3 times
+    else:
+        assert updates == [] and lr == 1.0
+
+
+class _Validated(_Regression):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+
+@pytest.mark.parametrize("validates", [True, False])
+def test_validation_runs_as_lightning_schedules_it_and_a_fit_without_it_is_not_asked(monkeypatch, validates):
+    install_callback_dispatch()
+    asked: list[int] = []
+    real = profiler._SHOULD_CHECK_VAL
+    monkeypatch.setattr(profiler, "_SHOULD_CHECK_VAL", lambda loop, fetcher: asked.append(1) or real(loop, fetcher))
+    runs: list[int] = []
+
+    class CountValidations(pl.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            runs.append(trainer.global_step)
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        profiler=NoProfiler(),
+        callbacks=[CountValidations()],
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 2)), batch_size=2)
+    module = _Validated(False) if validates else _Regression(False)
+    trainer.fit(module, loader, loader if validates else None)
+    if validates:
+        assert runs == [2, 4, 6] and len(asked) == 6  # after every second of the 6 batches
+    else:
+        assert runs == [] and asked == []
+
+
+def test_the_strategys_empty_batch_start_hook_is_not_called_but_its_own_is(monkeypatch):
+    install_callback_dispatch()
+    reached: list[str] = []
+    real = profiler._CALL_STRATEGY_HOOK
+    monkeypatch.setattr(
+        profiler,
+        "_CALL_STRATEGY_HOOK",
+        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
+    )
+    plain = _trainer(NoProfiler(), pl.LightningModule())
+    assert lightning_call._call_strategy_hook(plain, "on_train_batch_start", "batch", 0) is None
+    assert reached == []
+
+    seen: list[tuple] = []
+
+    class Watching(SingleDeviceStrategy):
+        def on_train_batch_start(self, batch, batch_idx):
+            seen.append((batch, batch_idx))
+
+    watched = pl.Trainer(
+        strategy=Watching(torch.device("cpu")),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        profiler=NoProfiler(),
+    )
+    watched.strategy.connect(pl.LightningModule())
+    lightning_call._call_strategy_hook(watched, "on_train_batch_start", "batch", 3)
+    assert seen == [("batch", 3)] and reached == ["on_train_batch_start"]

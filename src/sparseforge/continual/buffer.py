@@ -136,7 +136,7 @@ class ReplayBuffer:
         if self.policy == "reservoir":
             slots = self._reservoir_slots(len(y_cpu))
         else:
-            slots = self._class_balanced_slots(y_cpu)
+            slots = self._class_balanced_slots(y_cpu).tolist()
         self.seen += len(y_cpu)
         self._write(slots, raw, y, task, logits, y_cpu)
 
@@ -152,16 +152,19 @@ class ReplayBuffer:
             for name, t in self._fields().items():
                 setattr(self, name, t.to(device))
 
-    def _reservoir_slots(self, n: int) -> torch.Tensor:
-        # Every step pays for this, so it is a few ops: the draw is made for every example (the
-        # generator advances the same whether the buffer is filling or full), and truncation is
-        # the floor because the product is positive.
-        draw = torch.rand(n, generator=self.generator, dtype=torch.float64)
-        draw = draw.mul_(torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)).long()
-        if self.seen < self.capacity:  # filling: the first examples take the next free slots
-            fill = min(n, self.capacity - self.seen)
-            draw[:fill] = torch.arange(self.seen, self.seen + fill)
-        return draw.masked_fill_(draw >= self.capacity, -1)
+    def _reservoir_slots(self, n: int) -> list[int]:
+        # Every step pays for this. The draw is made for every example (the generator advances the
+        # same whether the buffer is filling or full); example i of the batch, the stream's
+        # (seen + 1 + i)-th, draws slot floor(u * (seen + 1 + i)) (truncation is the floor: the
+        # product is positive). For a batch, a few float multiplications in Python cost a third of
+        # the tensor ops that compute the same IEEE double products.
+        draws = torch.rand(n, generator=self.generator, dtype=torch.float64).tolist()
+        seen, capacity = self.seen, self.capacity
+        slots = [int(u * (seen + 1 + i)) for i, u in enumerate(draws)]
+        if seen < capacity:  # filling: the first examples take the next free slots
+            fill = min(n, capacity - seen)
+            slots[:fill] = range(seen, seen + fill)
+        return [slot if slot < capacity else -1 for slot in slots]
 
     def _class_balanced_slots(self, y: torch.Tensor) -> torch.Tensor:
         n = len(y)
@@ -246,11 +249,11 @@ class ReplayBuffer:
         self.valid[drop] = False
         self.slot_label[drop] = -1
 
-    def _write(self, slots, raw, y, task, logits, y_cpu) -> None:
+    def _write(self, slots: list[int], raw, y, task, logits, y_cpu) -> None:
         # When several examples of the batch drew one slot, the last of them wins, as it would
         # one example at a time: a dict keeps the last value per key. The loop is over the batch
         # on the CPU (slots are CPU bookkeeping), and costs a third of the tensor-op version.
-        last = {slot: i for i, slot in enumerate(slots.tolist()) if slot >= 0}
+        last = {slot: i for i, slot in enumerate(slots) if slot >= 0}
         if not last:
             return
         source, target = torch.tensor(list(last.values())), torch.tensor(list(last.keys()))

@@ -9,24 +9,37 @@ through Lightning's own code (``_training_step``, the zero-grad hooks, ``Strateg
 ``Precision._after_closure``), and then steps the optimizer directly: the same hooks, the same
 progress counters, the same arithmetic.
 
+The training step and the backward pass skip one layer each as well: the strategy-hook wrapper
+around ``SingleDeviceStrategy.training_step`` and ``.backward``, whose own work is the
+precision's step context (a ``nullcontext`` at full precision) and the precision's
+``pre_backward``, ``backward`` and ``post_backward`` (the ``on_before_backward``, ``backward``
+and ``on_after_backward`` hooks). Lightning also divides the loss by the number of accumulated
+batches, here 1: a division that returns the same tensor values, bit for bit, and adds an
+autograd node, so it is left out.
+
 It takes this path only where the layers it skips are Lightning's own do-nothing defaults: one
-device, full or bf16 precision without a gradient scaler, no gradient accumulation, a module
-that does not override ``optimizer_step``, and an optimizer that needs no closure (L-BFGS does)
-and has no step pre-hook. Anything else runs Lightning's own loop, unchanged.
+device (``SingleDeviceStrategy`` itself, its model not wrapped), full or bf16 precision without a
+gradient scaler, no gradient accumulation, a module that does not override ``optimizer_step``,
+an optimizer that needs no closure (L-BFGS does) and has no step pre-hook, and the no-op profiler
+(another profiler records every layer). Anything else runs Lightning's own loop, unchanged.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimization
+from lightning.pytorch.loops.optimization.automatic import ClosureResult, _AutomaticOptimization
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.trainer import call as lightning_call
 from torch.optim import optimizer as torch_optimizer
+
+from sparseforge.lightning.profiler import NoProfiler
+
+_NOTHING = nullcontext()
 
 
 def _takes_the_lean_path(trainer, optimizer) -> bool:
@@ -34,6 +47,8 @@ def _takes_the_lean_path(trainer, optimizer) -> bool:
     module = trainer.lightning_module
     return (
         type(trainer.strategy) is SingleDeviceStrategy
+        and trainer.strategy.model is module
+        and isinstance(trainer.profiler, NoProfiler)
         and (type(precision) is Precision or (type(precision) is MixedPrecision and precision.scaler is None))
         and trainer.accumulate_grad_batches == 1
         and type(module).optimizer_step is LightningModule.optimizer_step
@@ -55,18 +70,41 @@ class LeanAutomaticOptimization(_AutomaticOptimization):
         progress.increment_ready()
         # What Optimizer.step(closure) does with Lightning's closure: run it with gradients on.
         with torch.enable_grad():
-            result = self._training_step(kwargs)
+            result = self._lean_training_step(kwargs)
             if result.closure_loss is None:
                 self._warn_no_loss()
             self._on_before_zero_grad(optimizer)
             self._optimizer_zero_grad(batch_idx, optimizer)
             if result.closure_loss is not None:
-                lightning_call._call_strategy_hook(trainer, "backward", result.closure_loss, optimizer)
+                self._lean_backward(result.closure_loss, optimizer)
         # Precision's wrapper around the closure: on_before_optimizer_step, gradient clipping.
         trainer.strategy.precision_plugin._after_closure(trainer.lightning_module, optimizer)
         optimizer.step()
         progress.increment_completed()
         return {} if result.loss is None else result.asdict()
+
+    def _lean_training_step(self, kwargs: OrderedDict) -> ClosureResult:
+        """``_training_step`` through ``SingleDeviceStrategy.training_step``: the same hook name,
+        the same precision context, the same result (without the division by 1)."""
+        module = self.trainer.lightning_module
+        precision = self.trainer.strategy.precision_plugin
+        previous, module._current_fx_name = module._current_fx_name, "training_step"
+        with _NOTHING if type(precision) is Precision else precision.train_step_context():
+            output = module.training_step(*kwargs.values())
+        module._current_fx_name = previous
+        if isinstance(output, torch.Tensor):
+            return ClosureResult(output)
+        return ClosureResult.from_training_step_output(output, 1)
+
+    def _lean_backward(self, loss: torch.Tensor, optimizer) -> None:
+        """``SingleDeviceStrategy.backward``, whose own pre- and post-backward do nothing."""
+        module = self.trainer.lightning_module
+        precision = self.trainer.strategy.precision_plugin
+        previous, module._current_fx_name = module._current_fx_name, "backward"
+        loss = precision.pre_backward(loss, module)
+        precision.backward(loss, module, optimizer)
+        precision.post_backward(loss, module)
+        module._current_fx_name = previous
 
     @staticmethod
     def _warn_no_loss() -> None:

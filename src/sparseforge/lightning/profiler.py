@@ -20,7 +20,9 @@ profiler every callback and hook is called as before, so a profile still names e
 Two lookups Lightning repeats at every step are made once: which of the module and the datamodule
 owns each batch-transfer hook (two ``is_overridden`` checks per hook, three hooks a step), and
 whether ``training_step`` takes ``batch_idx`` (``inspect.getfullargspec``, 3% of a batch-10 MLP
-step on a CPU).
+step on a CPU). A fit without a learning-rate scheduler skips Lightning's scheduler update, one
+without validation its decision to validate after each batch, and the strategy's empty
+``on_train_batch_start`` is not called.
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer import call as lightning_call
 from lightning.pytorch.trainer.connectors.data_connector import _DataHookSelector
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
 _NOTHING = nullcontext()
 _CALL_EVERY_CALLBACK = lightning_call._call_callback_hooks  # Lightning's own
 _CALL_MODULE_HOOK = lightning_call._call_lightning_module_hook  # Lightning's own
+_CALL_STRATEGY_HOOK = lightning_call._call_strategy_hook  # Lightning's own
 _FIND_HOOK_OWNER = _DataHookSelector.get_instance  # Lightning's own
+_SHOULD_CHECK_VAL = _TrainingEpochLoop._should_check_val_fx  # Lightning's own
 # The module hooks Lightning calls at every training step whose default does nothing.
 _EMPTY_STEP_HOOKS = {
     name: getattr(LightningModule, name)
@@ -98,11 +104,14 @@ def _call_implementing_callbacks(
     if not isinstance(trainer.profiler, NoProfiler):
         _CALL_EVERY_CALLBACK(trainer, hook_name, *args, monitoring_callbacks=monitoring_callbacks, **kwargs)
         return
+    callbacks = _implementers(trainer, hook_name, monitoring_callbacks)
+    if not callbacks:
+        return
     pl_module = trainer.lightning_module
     if pl_module:
         previous = pl_module._current_fx_name
         pl_module._current_fx_name = hook_name
-    for callback in _implementers(trainer, hook_name, monitoring_callbacks):
+    for callback in callbacks:
         fn = getattr(callback, hook_name)
         if callable(fn):
             fn(trainer, pl_module, *args, **kwargs)
@@ -142,6 +151,26 @@ def _call_module_hook_if_implemented(trainer, hook_name: str, *args: Any, pl_mod
     return _CALL_MODULE_HOOK(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
 
 
+def _call_strategy_hook_unless_empty(trainer, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+    # The strategy's per-batch hook, Strategy's empty default on one device, is not called either.
+    if hook_name == "on_train_batch_start" and isinstance(trainer.profiler, NoProfiler):
+        strategy = trainer.strategy
+        if hook_name not in vars(strategy) and type(strategy).on_train_batch_start is Strategy.on_train_batch_start:
+            return None
+    return _CALL_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
+
+
+def _should_check_val_if_validating(self: _TrainingEpochLoop, data_fetcher) -> bool:
+    """Lightning's decision to validate after a batch, which is no at once for a fit without
+    validation (no validation dataloader or no ``validation_step``: looked up once per fit)."""
+    source, module = self.val_loop._data_source, self.trainer.lightning_module
+    known = self.__dict__.get("_sparseforge_validates")
+    if known is None or known[0] is not source.instance or known[1] is not module:
+        validates = source.is_defined() and is_overridden("validation_step", module)
+        known = self.__dict__["_sparseforge_validates"] = (source.instance, module, validates)
+    return known[2] and _SHOULD_CHECK_VAL(self, data_fetcher)
+
+
 def _remembered_hook_owner(self: _DataHookSelector, hook_name: str):
     """Lightning's choice of the module or the datamodule for a batch-transfer hook, made once per
     selector (Lightning makes a new one for every fit, validate or test call)."""
@@ -173,6 +202,16 @@ def _build_training_step_kwargs(self: _TrainingEpochLoop, kwargs: OrderedDict, b
     return kwargs
 
 
+_UPDATE_LR_SCHEDULERS = _TrainingEpochLoop.update_lr_schedulers  # Lightning's own
+
+
+def _update_lr_schedulers_if_any(self: _TrainingEpochLoop, interval: str, update_plateau_schedulers: bool) -> None:
+    """Lightning's scheduler update, which returns without a scheduler, after two accumulation
+    checks (twice a step)."""
+    if self.trainer.lr_scheduler_configs:
+        _UPDATE_LR_SCHEDULERS(self, interval, update_plateau_schedulers)
+
+
 def install_callback_dispatch() -> None:
     """Route Lightning's callback-hook calls through :func:`_call_implementing_callbacks` and its
     module-hook calls through :func:`_call_module_hook_if_implemented`, and make the two per-step
@@ -180,5 +219,8 @@ def install_callback_dispatch() -> None:
     every callback and module hook)."""
     lightning_call._call_callback_hooks = _call_implementing_callbacks
     lightning_call._call_lightning_module_hook = _call_module_hook_if_implemented
+    lightning_call._call_strategy_hook = _call_strategy_hook_unless_empty
     _DataHookSelector.get_instance = _remembered_hook_owner
     _TrainingEpochLoop._build_kwargs = _build_training_step_kwargs
+    _TrainingEpochLoop.update_lr_schedulers = _update_lr_schedulers_if_any
+    _TrainingEpochLoop._should_check_val_fx = _should_check_val_if_validating

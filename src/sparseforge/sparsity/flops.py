@@ -133,8 +133,9 @@ class FlopsAccountant:
     def forward_flops(self, layer_density=None) -> float:
         """Forward FLOPs of one example at these layer densities (missing layers: dense)."""
         self.measure()
-        density = layer_density or {}
-        return self.f_dense - sum(f * (1.0 - density.get(n, 1.0)) for n, f in self.f_layer.items())
+        if not layer_density:  # dense (at every step of a dense run): nothing to subtract
+            return self.f_dense
+        return self.f_dense - sum(f * (1.0 - layer_density.get(n, 1.0)) for n, f in self.f_layer.items())
 
     def step(self, layer_density=None, weight_grad_density=None) -> float:
         """Charge the examples counted since the last step; returns this step's FLOPs."""

@@ -183,11 +183,19 @@ class Sparsifier:
             self.execution.release_dense_grads()
         self.masks.before_step()
 
-    @torch.no_grad()
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         """After ``optimizer.step()``, before the next forward. Returns the update's stats, if any."""
         if optimizer is not None:
             self.optimizer = optimizer
+        if self.masks is None and self.execution is None:  # dense: count the step and its FLOPs
+            self.step += 1
+            if self.flops is not None:
+                self.flops.step()
+            return None
+        with torch.no_grad():
+            return self._after_masked_step()
+
+    def _after_masked_step(self) -> dict[str, Any] | None:
         if self.masks is not None:
             self.masks.after_step()
         self.step += 1
