@@ -133,6 +133,25 @@ def test_lightnings_loop_runs_where_the_lean_steps_conditions_fail(tmp_path, mon
     assert taken == [] and run.trainer.global_step == 4  # the lean path, not Lightning's run
 
 
+def spy_on_hook_calls(monkeypatch, kind: str) -> list[str]:
+    """The names of the module (``kind="MODULE"``) or strategy hooks that get called: through
+    Lightning's own call (another profiler) or the untraced one (the no-op profiler)."""
+    reached: list[str] = []
+    lightnings, untraced = getattr(profiler, f"_CALL_{kind}_HOOK"), getattr(profiler, f"_RUN_{kind}_HOOK")
+
+    def through_lightning(trainer, hook, *args, **kwargs):
+        reached.append(hook)
+        return lightnings(trainer, hook, *args, **kwargs)
+
+    def untraced_call(trainer, *args, **kwargs):
+        reached.append(args[1] if kind == "MODULE" else args[0])  # the module hook's args: module, hook, ...
+        return untraced(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(profiler, f"_CALL_{kind}_HOOK", through_lightning)
+    monkeypatch.setattr(profiler, f"_RUN_{kind}_HOOK", untraced_call)
+    return reached
+
+
 def _trainer(profiler_, module: pl.LightningModule) -> pl.Trainer:
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, profiler=profiler_)
     trainer.strategy.connect(module)
@@ -141,13 +160,7 @@ def _trainer(profiler_, module: pl.LightningModule) -> pl.Trainer:
 
 def test_empty_module_hooks_are_skipped_and_implemented_ones_called(monkeypatch):
     install_callback_dispatch()
-    reached: list[str] = []
-    real = profiler._CALL_MODULE_HOOK
-    monkeypatch.setattr(
-        profiler,
-        "_CALL_MODULE_HOOK",
-        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
-    )
+    reached = spy_on_hook_calls(monkeypatch, "MODULE")
 
     class Backward(pl.LightningModule):
         called = 0
@@ -177,13 +190,7 @@ def test_empty_module_hooks_are_skipped_and_implemented_ones_called(monkeypatch)
 
 def test_batch_transfer_hooks_left_as_defaults_return_the_batch_without_a_call(monkeypatch):
     install_callback_dispatch()
-    reached: list[str] = []
-    real = profiler._CALL_MODULE_HOOK
-    monkeypatch.setattr(
-        profiler,
-        "_CALL_MODULE_HOOK",
-        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
-    )
+    reached = spy_on_hook_calls(monkeypatch, "MODULE")
     plain = _trainer(NoProfiler(), pl.LightningModule())
     batch = object()
     for hook in ("on_before_batch_transfer", "on_after_batch_transfer"):
@@ -202,13 +209,7 @@ def test_batch_transfer_hooks_left_as_defaults_return_the_batch_without_a_call(m
 
 def test_the_clipping_hook_is_skipped_only_where_it_would_clip_nothing(monkeypatch):
     install_callback_dispatch()
-    reached: list[str] = []
-    real = profiler._CALL_MODULE_HOOK
-    monkeypatch.setattr(
-        profiler,
-        "_CALL_MODULE_HOOK",
-        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
-    )
+    reached = spy_on_hook_calls(monkeypatch, "MODULE")
 
     def clip(module: pl.LightningModule, clip_val) -> torch.Tensor:
         trainer = pl.Trainer(
@@ -387,13 +388,7 @@ def test_validation_runs_as_lightning_schedules_it_and_a_fit_without_it_is_not_a
 
 def test_the_strategys_empty_batch_start_hook_is_not_called_but_its_own_is(monkeypatch):
     install_callback_dispatch()
-    reached: list[str] = []
-    real = profiler._CALL_STRATEGY_HOOK
-    monkeypatch.setattr(
-        profiler,
-        "_CALL_STRATEGY_HOOK",
-        lambda trainer, hook, *a, **k: reached.append(hook) or real(trainer, hook, *a, **k),
-    )
+    reached = spy_on_hook_calls(monkeypatch, "STRATEGY")
     plain = _trainer(NoProfiler(), pl.LightningModule())
     assert lightning_call._call_strategy_hook(plain, "on_train_batch_start", "batch", 0) is None
     assert reached == []
@@ -414,3 +409,29 @@ def test_the_strategys_empty_batch_start_hook_is_not_called_but_its_own_is(monke
     watched.strategy.connect(pl.LightningModule())
     lightning_call._call_strategy_hook(watched, "on_train_batch_start", "batch", 3)
     assert seen == [("batch", 3)] and reached == ["on_train_batch_start"]
+
+
+def test_hooks_called_untraced_keep_lightnings_hook_name_and_debug_trace(caplog):
+    install_callback_dispatch()
+    names: list[str] = []
+
+    class Recording(pl.LightningModule):
+        def on_train_epoch_end(self):
+            names.append(self._current_fx_name)
+            return "done"
+
+    class Data(pl.LightningDataModule):
+        def teardown(self, stage):
+            names.append(f"datamodule {stage}")
+
+    trainer = _trainer(NoProfiler(), Recording())
+    trainer.datamodule = Data()
+    trainer.lightning_module._current_fx_name = "training_step"
+    with caplog.at_level("DEBUG", logger=lightning_call.__name__):
+        assert lightning_call._call_lightning_module_hook(trainer, "on_train_epoch_end") == "done"
+        lightning_call._call_lightning_datamodule_hook(trainer, "teardown", "fit")
+    assert names == ["on_train_epoch_end", "datamodule fit"]
+    assert trainer.lightning_module._current_fx_name == "training_step"  # restored
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Trainer: calling lightning module hook: on_train_epoch_end" in messages
+    assert "Trainer: calling lightning datamodule hook: teardown" in messages

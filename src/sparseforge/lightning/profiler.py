@@ -27,6 +27,7 @@ without validation its decision to validate after each batch, and the strategy's
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -46,6 +47,7 @@ _NOTHING = nullcontext()
 _CALL_EVERY_CALLBACK = lightning_call._call_callback_hooks  # Lightning's own
 _CALL_MODULE_HOOK = lightning_call._call_lightning_module_hook  # Lightning's own
 _CALL_STRATEGY_HOOK = lightning_call._call_strategy_hook  # Lightning's own
+_CALL_DATAMODULE_HOOK = lightning_call._call_lightning_datamodule_hook  # Lightning's own
 _FIND_HOOK_OWNER = _DataHookSelector.get_instance  # Lightning's own
 _SHOULD_CHECK_VAL = _TrainingEpochLoop._should_check_val_fx  # Lightning's own
 # The module hooks Lightning calls at every training step whose default does nothing.
@@ -148,16 +150,67 @@ def _call_module_hook_if_implemented(trainer, hook_name: str, *args: Any, pl_mod
                 return args[0] if args else kwargs["batch"]
             if hook_name == "configure_gradient_clipping" and _clipping_does_nothing(trainer, module):
                 return None
+            return _RUN_MODULE_HOOK(trainer, module, hook_name, *args, **kwargs)
     return _CALL_MODULE_HOOK(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
 
 
 def _call_strategy_hook_unless_empty(trainer, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+    if not isinstance(trainer.profiler, NoProfiler):
+        return _CALL_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
     # The strategy's per-batch hook, Strategy's empty default on one device, is not called either.
-    if hook_name == "on_train_batch_start" and isinstance(trainer.profiler, NoProfiler):
-        strategy = trainer.strategy
-        if hook_name not in vars(strategy) and type(strategy).on_train_batch_start is Strategy.on_train_batch_start:
+    strategy = trainer.strategy
+    if hook_name == "on_train_batch_start" and hook_name not in vars(strategy):
+        if type(strategy).on_train_batch_start is Strategy.on_train_batch_start:
             return None
-    return _CALL_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
+    return _RUN_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
+
+
+def _call_datamodule_hook(trainer, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+    datamodule = trainer.datamodule
+    if datamodule is None or not isinstance(trainer.profiler, NoProfiler):
+        return _CALL_DATAMODULE_HOOK(trainer, hook_name, *args, **kwargs)  # (Lightning raises without one)
+    _trace(trainer, "lightning datamodule", hook_name)
+    fn = getattr(datamodule, hook_name)
+    return fn(*args, **kwargs) if callable(fn) else None
+
+
+# -- Lightning's hook calls, without the profiler's name or the debug trace built when unused ------
+# Lightning formats a debug message and a profiler action name for every hook call (two f-strings,
+# with the no-op profiler and debug logging off: neither is used). These run the same calls, with
+# the same current hook name, and trace only when debug logging is on.
+_LIGHTNING_CALL_LOG = logging.getLogger(lightning_call.__name__)
+
+
+def _trace(trainer, kind: str, hook_name: str) -> None:
+    if _LIGHTNING_CALL_LOG.isEnabledFor(logging.DEBUG):
+        _LIGHTNING_CALL_LOG.debug(f"{trainer.__class__.__name__}: calling {kind} hook: {hook_name}")
+
+
+def _run_module_hook(trainer, module: LightningModule, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+    _trace(trainer, "lightning module", hook_name)
+    fn = getattr(module, hook_name)
+    if not callable(fn):
+        return None
+    previous, module._current_fx_name = module._current_fx_name, hook_name
+    output = fn(*args, **kwargs)
+    module._current_fx_name = previous  # restored when hooks nest
+    return output
+
+
+def _run_strategy_hook(trainer, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+    _trace(trainer, "strategy", hook_name)
+    module = trainer.lightning_module
+    previous, module._current_fx_name = module._current_fx_name, hook_name
+    fn = getattr(trainer.strategy, hook_name)
+    if not callable(fn):
+        return None  # (as Lightning, without restoring the hook name)
+    output = fn(*args, **kwargs)
+    module._current_fx_name = previous
+    return output
+
+
+_RUN_MODULE_HOOK = _run_module_hook
+_RUN_STRATEGY_HOOK = _run_strategy_hook
 
 
 def _should_check_val_if_validating(self: _TrainingEpochLoop, data_fetcher) -> bool:
@@ -220,6 +273,7 @@ def install_callback_dispatch() -> None:
     lightning_call._call_callback_hooks = _call_implementing_callbacks
     lightning_call._call_lightning_module_hook = _call_module_hook_if_implemented
     lightning_call._call_strategy_hook = _call_strategy_hook_unless_empty
+    lightning_call._call_lightning_datamodule_hook = _call_datamodule_hook
     _DataHookSelector.get_instance = _remembered_hook_owner
     _TrainingEpochLoop._build_kwargs = _build_training_step_kwargs
     _TrainingEpochLoop.update_lr_schedulers = _update_lr_schedulers_if_any
