@@ -30,7 +30,8 @@ A third arm shows what Lightning's automatic-optimisation loop alone costs on th
 LightningModule (the same MLP, normalisation, loss and SGD over the same batches as tuples; no
 callbacks, logger, progress bar or checkpoints) in lock-step with the hand loop's training steps;
 and the same module with manual optimisation, which bounds what leaving Lightning's
-optimisation closure could save.
+optimisation closure could save. It runs in a fresh process each round, which never imports
+sparseforge: Lightning as installed, without the trims ``train.build`` makes to it.
 
 Then the whole process of the command a user types, in a fresh subprocess per round::
 
@@ -424,6 +425,26 @@ def lightning_floor_run(data, out_dir: Path, manual: bool = False) -> dict:
     }
 
 
+def floor_round_in_fresh_process(tmp: Path, r: int) -> tuple[dict, dict]:
+    """Both bare-Lightning arms of round ``r`` in a child process that never imports sparseforge
+    (this process has: ``train.build`` trims some of Lightning's per-step work process-wide)."""
+    cmd = [sys.executable, __file__, "--floor-round", str(tmp / f"floor_{r}")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    both = json.loads(proc.stdout.strip().splitlines()[-1])
+    return both["automatic"], both["manual"]
+
+
+def floor_round(data, out_dir: Path) -> None:
+    """The child's side of :func:`floor_round_in_fresh_process`: one JSON line on stdout."""
+    if "sparseforge" in sys.modules:
+        raise SystemExit("the bare-Lightning arm must run in a process without sparseforge")
+    automatic = lightning_floor_run(data, out_dir / "automatic")
+    manual = lightning_floor_run(data, out_dir / "manual", manual=True)
+    print(json.dumps({"automatic": automatic, "manual": manual}))
+
+
 # -- the whole process ---------------------------------------------------------------------------------
 def process_clock():
     """A callback (``+callbacks.bench_clock._target_=experiments.bench_small_steps.process_clock``)
@@ -503,6 +524,7 @@ def main() -> None:
     p.add_argument("--process-runs", type=int, default=None, help="whole-process runs (default: one per round)")
     p.add_argument("--skip-process", action="store_true")
     p.add_argument("--skip-floor", action="store_true", help="skip the bare-Lightning arm")
+    p.add_argument("--floor-round", type=Path, help=argparse.SUPPRESS)  # the child of the bare-Lightning arm
     a = p.parse_args()
     data_dir = os.environ.get("SPARSEFORGE_DATA_DIR")
     if not data_dir or not (Path(data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
@@ -511,6 +533,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     data = load_mnist(Path(data_dir))
+    if a.floor_round is not None:
+        floor_round(data, a.floor_round)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="sf-small-steps-"))
     rows: dict[str, list[dict]] = {m: [] for m in a.methods}
     process_runs = a.process_runs if a.process_runs is not None else a.rounds
@@ -531,11 +556,10 @@ def main() -> None:
                 flush=True,
             )
         if not a.skip_floor:
-            x = lightning_floor_run(data, tmp / f"floor_{r}")
+            x, y = floor_round_in_fresh_process(tmp, r)
             x["wall_ratio"] = x["lightning_wall_s"] / x["hand_steps_wall_s"]
             x["cpu_ratio"] = x["lightning_cpu_s"] / x["hand_steps_cpu_s"]
             floors.append(x)
-            y = lightning_floor_run(data, tmp / f"floor_manual_{r}", manual=True)
             y["cpu_ratio"] = y["lightning_cpu_s"] / y["hand_steps_cpu_s"]
             y["wall_ratio"] = y["lightning_wall_s"] / y["hand_steps_wall_s"]
             manual_floors.append(y)
@@ -584,7 +608,7 @@ def main() -> None:
     if floors:
         figures["lightning_floor"] = {
             "what": "bare LightningModule, automatic optimisation, no callbacks/logger/bar/checkpoints, "
-            "vs the hand loop's finetune steps (no evaluation on either side)",
+            "vs the hand loop's finetune steps (no evaluation on either side), in a process without sparseforge",
             "ratio_cpu": median_of(floors, "cpu_ratio"),
             "ratio_wall": median_of(floors, "wall_ratio"),
             "ratio_cpu_per_round": [round(x["cpu_ratio"], 3) for x in floors],
