@@ -20,6 +20,7 @@ from sparseforge.lightning.profiler import NoProfiler, install_callback_dispatch
 from sparseforge.train import build
 from tests.helpers.cl import QUIET, one_thread
 from tests.helpers.config import compose_config
+from tests.helpers.lightning_trainer import bare_trainer
 
 STEP_HOOKS = (
     "on_train_batch_start",
@@ -153,7 +154,7 @@ def spy_on_hook_calls(monkeypatch, kind: str) -> list[str]:
 
 
 def _trainer(profiler_, module: pl.LightningModule) -> pl.Trainer:
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, profiler=profiler_)
+    trainer = bare_trainer(profiler=profiler_)
     trainer.strategy.connect(module)
     return trainer
 
@@ -212,11 +213,7 @@ def test_the_clipping_hook_is_skipped_only_where_it_would_clip_nothing(monkeypat
     reached = spy_on_hook_calls(monkeypatch, "MODULE")
 
     def clip(module: pl.LightningModule, clip_val) -> torch.Tensor:
-        trainer = pl.Trainer(
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            profiler=NoProfiler(),
+        trainer = bare_trainer(
             gradient_clip_val=clip_val,
         )
         trainer.strategy.connect(module)
@@ -332,13 +329,8 @@ def test_lightnings_scheduler_update_runs_only_for_a_run_with_a_scheduler(monkey
         lambda loop, interval, plateau: updates.append(interval) or real(loop, interval, plateau),
     )
     module = _Regression(schedule_every_step)
-    trainer = pl.Trainer(
+    trainer = bare_trainer(
         max_steps=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        profiler=NoProfiler(),
     )
     data = torch.utils.data.TensorDataset(torch.randn(12, 2))
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
@@ -366,15 +358,10 @@ def test_validation_runs_as_lightning_schedules_it_and_a_fit_without_it_is_not_a
         def on_validation_start(self, trainer, pl_module):
             runs.append(trainer.global_step)
 
-    trainer = pl.Trainer(
+    trainer = bare_trainer(
         max_epochs=1,
         val_check_interval=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        profiler=NoProfiler(),
         callbacks=[CountValidations()],
     )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 2)), batch_size=2)
@@ -399,13 +386,7 @@ def test_the_strategys_empty_batch_start_hook_is_not_called_but_its_own_is(monke
         def on_train_batch_start(self, batch, batch_idx):
             seen.append((batch, batch_idx))
 
-    watched = pl.Trainer(
-        strategy=Watching(torch.device("cpu")),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        profiler=NoProfiler(),
-    )
+    watched = bare_trainer(strategy=Watching(torch.device("cpu")))
     watched.strategy.connect(pl.LightningModule())
     lightning_call._call_strategy_hook(watched, "on_train_batch_start", "batch", 3)
     assert seen == [("batch", 3)] and reached == ["on_train_batch_start"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparseforge.lightning import metric_refresh
 from sparseforge.lightning.metric_refresh import install_metric_refresh_skip
-from sparseforge.lightning.profiler import NoProfiler
+from tests.helpers.lightning_trainer import bare_trainer
 
 
 class SparseLogger(pl.LightningModule):
@@ -72,14 +72,9 @@ def _fit(tmp_path, name: str) -> list[dict]:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
     snapshots = Snapshots()
-    trainer = pl.Trainer(
+    trainer = bare_trainer(
         default_root_dir=tmp_path / name,
         max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        profiler=NoProfiler(),
         val_check_interval=5,  # validation in the middle of each epoch
         callbacks=[snapshots],
     )
@@ -116,7 +111,7 @@ def test_metrics_after_every_batch_are_lightnings(tmp_path, monkeypatch):
 @pytest.mark.parametrize("change", ["log", "reset", "cpu", "read", "cleared"])
 def test_a_change_to_the_results_or_a_read_brings_back_the_rebuild(change):
     install_metric_refresh_skip()
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = bare_trainer()
     module = SparseLogger()
     trainer.strategy.connect(module)
     module.trainer = trainer
