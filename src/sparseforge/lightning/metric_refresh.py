@@ -61,7 +61,6 @@ def _marking(method, mark):
         mark(self)
         return method(self, *args, **kwargs)
 
-    marked._sparseforge_marks = True
     return marked
 
 

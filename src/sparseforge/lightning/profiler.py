@@ -22,7 +22,9 @@ owns each batch-transfer hook (two ``is_overridden`` checks per hook, three hook
 whether ``training_step`` takes ``batch_idx`` (``inspect.getfullargspec``, 3% of a batch-10 MLP
 step on a CPU). A fit without a learning-rate scheduler skips Lightning's scheduler update, one
 without validation its decision to validate after each batch, and the strategy's empty
-``on_train_batch_start`` is not called.
+``on_train_batch_start`` is not called. The module, strategy and datamodule hooks that are called
+skip the debug message and profiler action name Lightning formats for every call (they are built
+only when debug logging is on).
 """
 
 from __future__ import annotations
@@ -266,10 +268,10 @@ def _update_lr_schedulers_if_any(self: _TrainingEpochLoop, interval: str, update
 
 
 def install_callback_dispatch() -> None:
-    """Route Lightning's callback-hook calls through :func:`_call_implementing_callbacks` and its
-    module-hook calls through :func:`_call_module_hook_if_implemented`, and make the two per-step
-    lookups once (idempotent; trainers with another profiler than :class:`NoProfiler` still call
-    every callback and module hook)."""
+    """Route Lightning's callback, module, strategy and datamodule hook calls through the functions
+    above, and its per-step lookups and checks through their once-per-fit versions (idempotent;
+    trainers with another profiler than :class:`NoProfiler` still call every hook through
+    Lightning's own functions)."""
     lightning_call._call_callback_hooks = _call_implementing_callbacks
     lightning_call._call_lightning_module_hook = _call_module_hook_if_implemented
     lightning_call._call_strategy_hook = _call_strategy_hook_unless_empty
