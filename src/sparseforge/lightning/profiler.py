@@ -77,12 +77,15 @@ class NoProfiler(PassThroughProfiler):
         return _NOTHING
 
 
+def _own(obj: Any, hook_name: str, default) -> bool:
+    """Whether ``obj`` replaces the base class's ``hook_name`` (``default``): its class or the instance."""
+    return hook_name in vars(obj) or getattr(type(obj), hook_name, None) is not default
+
+
 def implements(callback: Callback, hook_name: str) -> bool:
     """Whether calling ``hook_name`` on ``callback`` can do anything (its class or the instance
     overrides ``Callback``'s empty hook)."""
-    if hook_name in vars(callback):
-        return True
-    return getattr(type(callback), hook_name, None) is not getattr(Callback, hook_name, None)
+    return _own(callback, hook_name, getattr(Callback, hook_name, None))
 
 
 def _implementers(trainer, hook_name: str, monitoring: bool | None) -> list[Callback]:
@@ -123,11 +126,6 @@ def _call_implementing_callbacks(
         pl_module._current_fx_name = previous  # restored when hooks nest
 
 
-def _own(module: LightningModule, hook_name: str, default) -> bool:
-    """Whether ``module`` replaces ``LightningModule``'s ``hook_name`` (its class or the instance)."""
-    return hook_name in vars(module) or getattr(type(module), hook_name) is not default
-
-
 def _clipping_does_nothing(trainer, module: LightningModule) -> bool:
     """``configure_gradient_clipping``'s default, with no clip value set, clips nothing: it calls
     ``clip_gradients``, which hands a clip value of 0 to the precision plugin, which returns."""
@@ -161,9 +159,8 @@ def _call_strategy_hook_unless_empty(trainer, hook_name: str, *args: Any, **kwar
         return _CALL_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
     # The strategy's per-batch hook, Strategy's empty default on one device, is not called either.
     strategy = trainer.strategy
-    if hook_name == "on_train_batch_start" and hook_name not in vars(strategy):
-        if type(strategy).on_train_batch_start is Strategy.on_train_batch_start:
-            return None
+    if hook_name == "on_train_batch_start" and not _own(strategy, hook_name, Strategy.on_train_batch_start):
+        return None
     return _RUN_STRATEGY_HOOK(trainer, hook_name, *args, **kwargs)
 
 
